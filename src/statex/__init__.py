@@ -1,0 +1,38 @@
+"""statex: StateX post-training state expansion for GLA and Mamba2 language models.
+
+Public API (the CLI uses only these):
+- configs: ``ModelConfig``, ``GLASpec``, ``Mamba2Spec``, ``gla_config``, ``mamba2_config``
+- models: ``build_model``, ``load_model``, ``load_config``, ``CausalLM`` (``.generate``, ``.save_pretrained``)
+- reports: ``describe_model`` (per-layer shapes, state sizes, parameter counts)
+"""
+from statex.config import GLASpec, Mamba2Spec, ModelConfig, gla_config, mamba2_config
+from statex.errors import CheckpointError, ConfigError, StatexError
+from statex import summary
+from statex.summary import describe_config, describe_model, format_description
+from statex.data import load_tokenizer
+from statex.io import load_config, load_model, save_model
+from statex.models import CausalLM, CausalLMOutput, RecurrentState, build_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CausalLM",
+    "CausalLMOutput",
+    "CheckpointError",
+    "ConfigError",
+    "GLASpec",
+    "Mamba2Spec",
+    "ModelConfig",
+    "RecurrentState",
+    "StatexError",
+    "build_model",
+    "describe_config",
+    "describe_model",
+    "format_description",
+    "gla_config",
+    "load_config",
+    "load_model",
+    "load_tokenizer",
+    "mamba2_config",
+    "save_model",
+]

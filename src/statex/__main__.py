@@ -1,0 +1,5 @@
+import sys
+
+from statex.cli import main
+
+sys.exit(main())

@@ -1,0 +1,129 @@
+"""The ``statex`` command line. Every subcommand uses only the public API in ``statex/__init__.py``.
+
+User errors (bad paths, configs, checkpoints, flags) print one line on stderr and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import statex
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, no usage block
+        raise statex.StatexError(f"{self.prog}: {message}")
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    config, fmt = statex.load_config(args.path)
+    info = statex.describe_config(config)
+    info["source_format"] = fmt
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(f"{args.path} ({fmt} format)")
+        print(statex.format_description(info))
+    return 0
+
+
+def _resolve_tokenizer(spec: str | None, model_path: str):
+    if spec is None:
+        bundled = Path(model_path) / "tokenizer.json"
+        spec = str(bundled) if bundled.is_file() else "bytes"
+    return statex.load_tokenizer(spec)
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    model = statex.load_model(args.model)
+    tokenizer = _resolve_tokenizer(args.tokenizer, args.model)
+    ids = tokenizer.encode(args.prompt)
+    if not ids:
+        raise statex.StatexError("the prompt encodes to zero tokens")
+    if max(ids) >= model.config.vocab_size:
+        raise statex.StatexError(
+            f"tokenizer {tokenizer.name} produced id {max(ids)} but the model's vocabulary has "
+            f"{model.config.vocab_size} entries: wrong tokenizer for this model"
+        )
+    stops = set(args.stop_id or [])
+    if not args.no_eos_stop and tokenizer.eos_token_id is not None:
+        stops.add(tokenizer.eos_token_id)
+    out = model.generate(torch.tensor([ids]), max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                         top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop_tokens=stops)
+    print(args.prompt + tokenizer.decode(out[0, len(ids):].tolist()))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """Interim main job (until the StateX-vs-LPT demo lands): build a small random GLA and a small random
+    Mamba2 on the byte tokenizer, show their per-layer state, save and reload them, and generate."""
+    import torch
+
+    tokenizer = statex.load_tokenizer("bytes")
+    out_dir = Path(args.out)
+    configs = {
+        "gla": statex.gla_config(tokenizer.vocab_size, 128, 4, num_heads=4, use_short_conv=True),
+        "mamba2": statex.mamba2_config(tokenizer.vocab_size, 128, 4, d_state=16, headdim=32),
+    }
+    prompt = "There is an important info hidden inside a lot of irrelevant text."
+    for name, config in configs.items():
+        model = statex.build_model(config, seed=args.seed)
+        print(statex.format_description(statex.describe_model(model)))
+        model.save_pretrained(out_dir / name)
+        reloaded = statex.load_model(out_dir / name)
+        ids = torch.tensor([tokenizer.encode(prompt)])
+        text = tokenizer.decode(reloaded.generate(ids, 24, temperature=1.0, seed=args.seed)[0, ids.shape[1]:].tolist())
+        print(f"saved to {out_dir / name}; sampled continuation of an untrained model: {text!r}\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="statex", description="StateX: recurrent state expansion for GLA and Mamba2 LMs")
+    parser.add_argument("--version", action="version", version=f"statex {statex.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("inspect", help="per-layer mixer shapes, recurrent state sizes and parameters")
+    p.add_argument("path", help="a model directory (a directory holding only config.json is enough)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("generate", help="generate text from a model")
+    p.add_argument("model", help="model directory (statex, fla GLA, mamba_ssm or HF Mamba2)")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--tokenizer", help="'bytes' or a tokenizer.json path (default: MODEL/tokenizer.json, "
+                                       "else bytes)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--stop-id", type=int, action="append", help="token id that ends generation (repeatable)")
+    p.add_argument("--no-eos-stop", action="store_true", help="do not stop at the tokenizer's end token")
+    p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("demo", help="the main job (interim: build, save, reload and sample small models)")
+    p.add_argument("--out", default="out/demo")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="accepted for forward compatibility")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except statex.StatexError as exc:
+        print(f"statex: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("statex: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

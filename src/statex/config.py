@@ -1,0 +1,290 @@
+"""Model configuration: one dataclass for the whole model plus one mixer spec per layer.
+
+StateX makes layers differ from each other (some GLA layers get fewer, larger heads; some Mamba2 layers a
+larger d_state), so every layer records its own mixer shapes. ``ModelConfig.to_dict`` / ``from_dict`` give the
+project's ``config.json``; a saved StateX model reloads with no extra flags.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from statex.errors import ConfigError
+
+FORMAT_NAME = "statex"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class GLASpec:
+    """One GLA mixer (fla ``GatedLinearAttention``). State per layer = key_dim * value_dim / num_heads."""
+
+    num_heads: int
+    key_dim: int  # total over heads (fla: hidden_size * expand_k)
+    value_dim: int  # total over heads (fla: hidden_size * expand_v)
+    use_short_conv: bool = False
+    conv_size: int = 4
+    conv_bias: bool = False
+    gate_low_rank_dim: int = 16
+    gate_logit_normalizer: float = 16.0
+    clamp_min: float | None = None
+    norm_eps: float = 1e-6  # eps of the per-head output RMSNorm (fla: config.norm_eps)
+    kind: str = field(default="gla", init=False)
+
+    @property
+    def head_k_dim(self) -> int:
+        return self.key_dim // self.num_heads
+
+    @property
+    def head_v_dim(self) -> int:
+        return self.value_dim // self.num_heads
+
+    @property
+    def state_elements(self) -> int:
+        return self.num_heads * self.head_k_dim * self.head_v_dim
+
+    @property
+    def conv_state_elements(self) -> int:
+        if not self.use_short_conv:
+            return 0
+        return (2 * self.key_dim + self.value_dim) * (self.conv_size - 1)
+
+    def validate(self, where: str) -> None:
+        _positive(where, num_heads=self.num_heads, key_dim=self.key_dim, value_dim=self.value_dim,
+                  conv_size=self.conv_size, gate_low_rank_dim=self.gate_low_rank_dim)
+        if self.key_dim % self.num_heads or self.value_dim % self.num_heads:
+            raise ConfigError(
+                f"{where}: num_heads={self.num_heads} must divide key_dim={self.key_dim} "
+                f"and value_dim={self.value_dim}"
+            )
+
+
+@dataclass
+class Mamba2Spec:
+    """One Mamba2 mixer (mamba_ssm ``Mamba2``). State per layer = nheads * headdim * d_state."""
+
+    d_state: int
+    nheads: int
+    headdim: int
+    ngroups: int = 1
+    d_conv: int = 4
+    conv_bias: bool = True
+    bias: bool = False  # in_proj / out_proj bias
+    dt_limit: tuple[float, float] = (0.0, math.inf)
+    norm_eps: float = 1e-5  # eps of the gated RMSNorm
+    chunk_size: int = 256  # recorded for GPU kernels and export; the CPU kernel picks its own
+    kind: str = field(default="mamba2", init=False)
+
+    @property
+    def d_inner(self) -> int:
+        return self.nheads * self.headdim
+
+    @property
+    def conv_dim(self) -> int:
+        return self.d_inner + 2 * self.ngroups * self.d_state
+
+    @property
+    def in_proj_dim(self) -> int:
+        # [z (d_inner) | x (d_inner) | B (G*N) | C (G*N) | dt (nheads)]
+        return 2 * self.d_inner + 2 * self.ngroups * self.d_state + self.nheads
+
+    @property
+    def state_elements(self) -> int:
+        return self.nheads * self.headdim * self.d_state
+
+    @property
+    def conv_state_elements(self) -> int:
+        return self.conv_dim * (self.d_conv - 1)
+
+    def validate(self, where: str) -> None:
+        _positive(where, d_state=self.d_state, nheads=self.nheads, headdim=self.headdim,
+                  ngroups=self.ngroups, d_conv=self.d_conv, chunk_size=self.chunk_size)
+        if self.nheads % self.ngroups:
+            raise ConfigError(f"{where}: ngroups={self.ngroups} must divide nheads={self.nheads}")
+        lo, hi = self.dt_limit
+        if not (0.0 <= lo < hi):
+            raise ConfigError(f"{where}: dt_limit must satisfy 0 <= low < high, got {self.dt_limit}")
+
+
+MixerSpec = Union[GLASpec, Mamba2Spec]
+_SPEC_CLASSES = {"gla": GLASpec, "mamba2": Mamba2Spec}
+
+
+@dataclass
+class ModelConfig:
+    """A causal LM: embeddings -> blocks (one mixer spec each) -> final RMSNorm -> lm_head.
+
+    family "gla": fla GLAForCausalLM layout (each block: attn_norm, attn, mlp_norm, SwiGLU mlp).
+    family "mamba2": mamba_ssm MambaLMHeadModel layout (each block: norm, mixer; no MLP).
+    """
+
+    family: str
+    vocab_size: int
+    d_model: int
+    layers: list[MixerSpec]
+    norm_eps: float = 1e-6
+    tie_embeddings: bool = False
+    intermediate_size: int | None = None  # GLA SwiGLU width; None for Mamba2
+    residual_in_fp32: bool = True  # Mamba2 only
+    initializer_range: float = 0.02
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    pad_token_id: int | None = None
+
+    @property
+    def n_layer(self) -> int:
+        return len(self.layers)
+
+    def validate(self) -> "ModelConfig":
+        if self.family not in _SPEC_CLASSES:
+            raise ConfigError(f"unknown model family {self.family!r} (expected 'gla' or 'mamba2')")
+        _positive("model", vocab_size=self.vocab_size, d_model=self.d_model, n_layer=len(self.layers))
+        for i, spec in enumerate(self.layers):
+            if spec.kind != self.family:
+                raise ConfigError(f"layer {i}: mixer kind {spec.kind!r} does not match family {self.family!r}")
+            spec.validate(f"layer {i}")
+        if self.family == "gla":
+            if not self.intermediate_size or self.intermediate_size <= 0:
+                raise ConfigError("a GLA config needs a positive intermediate_size")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "layers":
+                value = [_spec_to_dict(s) for s in value]
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        data = dict(data)
+        data.pop("format", None)
+        version = data.pop("format_version", FORMAT_VERSION)
+        if version > FORMAT_VERSION:
+            raise ConfigError(f"config format_version {version} is newer than this statex ({FORMAT_VERSION})")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
+        for required in ("family", "vocab_size", "d_model", "layers"):
+            if required not in data:
+                raise ConfigError(f"config is missing the field {required!r}")
+        if not isinstance(data["layers"], list):
+            raise ConfigError("config field 'layers' must be a list of mixer specs")
+        data["layers"] = [_spec_from_dict(d, i) for i, d in enumerate(data["layers"])]
+        return cls(**data).validate()
+
+
+def _spec_to_dict(spec: MixerSpec) -> dict[str, Any]:
+    d = dataclasses.asdict(spec)
+    d = {"kind": d.pop("kind"), **d}
+    if isinstance(spec, Mamba2Spec):
+        d["dt_limit"] = [spec.dt_limit[0], None if math.isinf(spec.dt_limit[1]) else spec.dt_limit[1]]
+    return d
+
+
+def _spec_from_dict(data: Any, index: int) -> MixerSpec:
+    if not isinstance(data, dict):
+        raise ConfigError(f"layer {index}: mixer spec must be an object")
+    data = dict(data)
+    kind = data.pop("kind", None)
+    if kind not in _SPEC_CLASSES:
+        raise ConfigError(f"layer {index}: unknown mixer kind {kind!r} (expected 'gla' or 'mamba2')")
+    spec_cls = _SPEC_CLASSES[kind]
+    names = {f.name for f in dataclasses.fields(spec_cls) if f.init}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"layer {index}: unknown {kind} field(s): {', '.join(unknown)}")
+    if kind == "mamba2" and "dt_limit" in data:
+        lo, hi = data["dt_limit"]
+        data["dt_limit"] = (float(lo), math.inf if hi is None else float(hi))
+    try:
+        return spec_cls(**data)
+    except TypeError as exc:
+        raise ConfigError(f"layer {index}: {exc}") from None
+
+
+def _positive(where: str, **values: int) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(f"{where}: {name} must be a positive integer, got {value!r}")
+
+
+def gla_intermediate_size(d_model: int, hidden_ratio: float = 4) -> int:
+    """fla's SwiGLU width: 256 * ceil(int(d * hidden_ratio * 2/3) / 256)."""
+    width = int(d_model * hidden_ratio * 2 / 3)
+    return 256 * ((width + 255) // 256)
+
+
+def gla_config(
+    vocab_size: int,
+    d_model: int,
+    n_layer: int,
+    num_heads: int = 4,
+    expand_k: float = 0.5,
+    expand_v: float = 1.0,
+    hidden_ratio: float = 4,
+    intermediate_size: int | None = None,
+    use_short_conv: bool = False,
+    conv_size: int = 4,
+    norm_eps: float = 1e-6,
+    tie_embeddings: bool = False,
+    **kwargs: Any,
+) -> ModelConfig:
+    """A uniform GLA config with fla's parameterisation (hidden_size * expand_k etc.)."""
+    key_dim, value_dim = _exact_int(d_model * expand_k, "d_model * expand_k"), _exact_int(
+        d_model * expand_v, "d_model * expand_v"
+    )
+    spec = dict(num_heads=num_heads, key_dim=key_dim, value_dim=value_dim, use_short_conv=use_short_conv,
+                conv_size=conv_size, norm_eps=norm_eps)
+    return ModelConfig(
+        family="gla",
+        vocab_size=vocab_size,
+        d_model=d_model,
+        layers=[GLASpec(**spec) for _ in range(n_layer)],
+        norm_eps=norm_eps,
+        tie_embeddings=tie_embeddings,
+        intermediate_size=intermediate_size or gla_intermediate_size(d_model, hidden_ratio),
+        **kwargs,
+    ).validate()
+
+
+def mamba2_config(
+    vocab_size: int,
+    d_model: int,
+    n_layer: int,
+    d_state: int = 128,
+    headdim: int = 64,
+    expand: int = 2,
+    ngroups: int = 1,
+    d_conv: int = 4,
+    norm_eps: float = 1e-5,
+    tie_embeddings: bool = True,
+    **kwargs: Any,
+) -> ModelConfig:
+    """A uniform Mamba2 config with mamba_ssm's parameterisation (d_inner = expand * d_model)."""
+    d_inner = expand * d_model
+    if d_inner % headdim:
+        raise ConfigError(f"headdim={headdim} must divide d_inner={d_inner}")
+    spec = dict(d_state=d_state, nheads=d_inner // headdim, headdim=headdim, ngroups=ngroups, d_conv=d_conv,
+                norm_eps=norm_eps)
+    return ModelConfig(
+        family="mamba2",
+        vocab_size=vocab_size,
+        d_model=d_model,
+        layers=[Mamba2Spec(**spec) for _ in range(n_layer)],
+        norm_eps=norm_eps,
+        tie_embeddings=tie_embeddings,
+        **kwargs,
+    ).validate()
+
+
+def _exact_int(value: float, what: str) -> int:
+    rounded = round(value)
+    if not math.isclose(value, rounded):
+        raise ConfigError(f"{what} must be an integer, got {value}")
+    return rounded

@@ -1,0 +1,3 @@
+from statex.data.tokenizers import ByteTokenizer, HFTokenizer, load_tokenizer
+
+__all__ = ["ByteTokenizer", "HFTokenizer", "load_tokenizer"]

@@ -1,0 +1,72 @@
+"""``load_model(path)``: detect the format of a checkpoint directory and load it with strict checks."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from statex.config import ModelConfig
+from statex.errors import CheckpointError, ConfigError
+from statex.io.formats import CONFIG_READERS, RENAMERS, detect_format
+from statex.io.weights import find_weight_file, load_into, read_tensors
+
+
+def _config_path(path: str | Path) -> Path:
+    path = Path(path)
+    if path.is_file() and path.name == "config.json":
+        return path
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or directory")
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a model directory (expected a directory with config.json)")
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{path}: not a model directory (no config.json)")
+    return path / "config.json"
+
+
+def read_config_json(path: str | Path) -> dict[str, Any]:
+    config_file = _config_path(path)
+    try:
+        data = json.loads(config_file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"{config_file}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{config_file}: expected a JSON object")
+    return data
+
+
+def load_config(path: str | Path) -> tuple[ModelConfig, str]:
+    """(ModelConfig, source format) from a directory's config.json; no weights are read."""
+    data = read_config_json(path)
+    fmt = detect_format(data)
+    try:
+        return CONFIG_READERS[fmt](data), fmt
+    except ConfigError as exc:
+        raise ConfigError(f"{_config_path(path)}: {exc}") from None
+
+
+def load_model(path: str | Path, dtype: torch.dtype | str | None = torch.float32,
+               device: str | torch.device = "cpu"):
+    """Load a statex, fla-hub GLA, mamba_ssm Mamba2 or HF Mamba2 directory.
+
+    ``dtype``: floating parameters are cast to it (default fp32; ``None`` or ``"auto"`` keeps the stored dtype).
+    Missing or unexpected weights and shape mismatches raise ``CheckpointError`` naming the key.
+    """
+    from statex.models import build_model
+
+    config, fmt = load_config(path)
+    directory = _config_path(path).parent
+    weights = find_weight_file(directory)
+    tensors = read_tensors(weights)
+    model = build_model(config, device="meta")
+    optional = {"lm_head.weight"} if config.tie_embeddings else set()
+    load_into(model, tensors, str(weights), rename=RENAMERS[fmt], optional=optional,
+              dtype=None if dtype in (None, "auto") else dtype)
+    model.tie_weights()
+    leftover = [name for name, p in model.named_parameters() if p.is_meta]
+    if leftover:
+        raise CheckpointError(f"{weights}: missing weight {leftover[0]!r}")
+    model.source_format = fmt
+    return model.to(device).eval()

@@ -1,0 +1,39 @@
+"""The project's own format: ``config.json`` (``ModelConfig.to_dict``) + ``model.safetensors`` with the source
+library's parameter names. Written to a temporary directory beside the target, then renamed into place."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from statex.errors import StatexError
+
+
+def save_model(model, path: str | Path) -> None:
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise StatexError(f"{path}: exists and is not a directory")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight" and model.config.tie_embeddings:
+            continue  # tied to the embedding; safetensors stores each tensor once
+        tensors[name] = tensor.detach().to("cpu").contiguous()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+        if path.is_dir():
+            # keep whatever else the directory holds (a tokenizer, say); replace our two files atomically
+            for name in ("model.safetensors", "config.json"):
+                os.replace(tmp / name, path / name)
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,92 @@
+"""Decoding: chunked prefill of the prompt, then one recurrent step per new token."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterable
+
+import torch
+
+if TYPE_CHECKING:
+    from statex.models.lm import CausalLM
+
+
+def sample_next_token(
+    logits: torch.Tensor,  # [B, vocab]
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Greedy when temperature == 0; otherwise sample from softmax(logits / temperature) restricted to the
+    top_k tokens and to the smallest set whose probability reaches top_p. Returns [B] token ids."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and 0 < top_p < 1:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        # drop a token when the tokens ranked above it already reach top_p (the top token always stays)
+        drop_sorted = (cumulative - sorted_logits.softmax(-1)) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(
+    model: "CausalLM",
+    input_ids: torch.Tensor,
+    max_new_tokens: int = 32,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    stop_tokens: Iterable[int] | None = None,
+    pad_token_id: int | None = None,
+    prefill_chunk: int = 4096,
+) -> torch.Tensor:
+    """Returns [B, T + n] = prompt followed by the generated tokens (n <= max_new_tokens).
+
+    Generation ends for a row when it emits one of ``stop_tokens`` (the stop token is kept); later
+    positions of finished rows are filled with ``pad_token_id`` (default: the row's stop token), and the
+    loop ends when every row has finished.
+    """
+    if input_ids.dim() == 1:
+        input_ids = input_ids.unsqueeze(0)
+    if input_ids.shape[1] == 0:
+        raise ValueError("generate needs a prompt of at least one token")
+    if max_new_tokens <= 0:
+        return input_ids
+    was_training = model.training
+    model.eval()
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=input_ids.device).manual_seed(seed)
+    stops = torch.tensor(sorted(set(stop_tokens or [])), dtype=torch.long, device=input_ids.device)
+
+    logits, state = model.prefill(input_ids, chunk_tokens=prefill_chunk)
+    batch = input_ids.shape[0]
+    finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
+    fill = torch.full((batch,), -1, dtype=torch.long, device=input_ids.device)
+    new_tokens = []
+    for step in range(max_new_tokens):
+        token = sample_next_token(logits, temperature, top_k, top_p, generator)
+        token = torch.where(finished, fill, token)
+        new_tokens.append(token)
+        if stops.numel():
+            just_stopped = ~finished & torch.isin(token, stops)
+            fill = torch.where(just_stopped, token if pad_token_id is None else torch.full_like(token, pad_token_id),
+                               fill)
+            finished |= just_stopped
+            if bool(finished.all()):
+                break
+        if step + 1 < max_new_tokens:
+            out = model(token.unsqueeze(1), state=state, use_cache=True)
+            logits, state = out.logits[:, -1], out.state
+    model.train(was_training)
+    return torch.cat([input_ids, torch.stack(new_tokens, dim=1)], dim=1)
