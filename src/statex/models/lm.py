@@ -116,9 +116,10 @@ class CausalLM(nn.Module):
         logits = self.lm_head(x.to(self.lm_head.weight.dtype))
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100
-            )
+            shifted = logits[:, :-1].flatten(0, 1)
+            if shifted.dtype in (torch.float16, torch.bfloat16):
+                shifted = shifted.float()
+            loss = F.cross_entropy(shifted, labels[:, 1:].flatten(), ignore_index=-100)
         keep_state = use_cache or state is not None
         return CausalLMOutput(logits, loss, RecurrentState(new_states) if keep_state else None)
 

@@ -1,0 +1,99 @@
+"""The command line: inspect on the paper configs, generate, demo, and one-line errors on bad input."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import statex
+from statex.cli import main
+from conftest import tiny_gla_config
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "statex", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+def test_inspect_gla_1_3b_from_config_only(capsys):
+    assert main(["inspect", str(FIXTURES / "gla-1.3B"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["total_state_elements"] == 12_582_912
+    assert len(info["layers"]) == 24
+    assert all(layer["state_elements"] == 524_288 for layer in info["layers"])
+    assert {"index", "kind", "state_elements", "params", "conv_state_elements"} <= set(info["layers"][0])
+    assert info["total_params"] == sum(layer["params"] for layer in info["layers"]) + 2 * 32000 * 2048 + 2048
+
+
+def test_inspect_mamba2_1_3b_from_config_only(capsys):
+    assert main(["inspect", str(FIXTURES / "mamba2-1.3b"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["total_state_elements"] == 25_165_824
+    layer = info["layers"][0]
+    assert layer["state_elements"] == 524_288 and layer["conv_state_elements"] == (4096 + 256) * 3
+    # in_proj 8512x2048, conv 4352x(4+1), dt_bias/A_log/D 3x64, gated norm 4096, out_proj 2048x4096, norm 2048
+    assert layer["params"] == 8512 * 2048 + 4352 * 5 + 3 * 64 + 4096 + 4096 * 2048 + 2048
+    assert info["vocab_size"] == 50288  # 50277 padded to a multiple of 16
+
+
+def test_inspect_text_table(capsys):
+    assert main(["inspect", str(FIXTURES / "gla-1.3B")]) == 0
+    out = capsys.readouterr().out
+    assert "12,582,912" in out and "fla-gla" in out
+
+
+def test_generate_cli_and_module_entry_point(tmp_path):
+    model = statex.build_model(statex.gla_config(257, 32, 2, num_heads=2), seed=0)
+    model.save_pretrained(tmp_path / "m")
+    result = run_cli("generate", tmp_path / "m", "--prompt", "Hello", "--max-new-tokens", "4",
+                     "--tokenizer", "bytes", "--no-eos-stop")
+    assert result.returncode == 0, result.stderr
+    ids = torch.tensor([list(b"Hello")])
+    expected = statex.load_tokenizer("bytes").decode(model.generate(ids, 4)[0].tolist())
+    assert result.stdout.rstrip("\n") == expected
+
+
+def test_demo_runs(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    assert (tmp_path / "demo" / "gla" / "model.safetensors").exists()
+    assert statex.load_model(tmp_path / "demo" / "mamba2").config.family == "mamba2"
+
+
+def _assert_one_line_error(result, fragment):
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_paths_and_flags_give_one_line_errors(tmp_path):
+    _assert_one_line_error(run_cli("inspect", tmp_path / "missing"), "no such file or directory")
+    _assert_one_line_error(run_cli("inspect", tmp_path), "no config.json")
+    _assert_one_line_error(run_cli("inspect"), "the following arguments are required")
+    _assert_one_line_error(run_cli("frobnicate"), "invalid choice")
+
+
+def test_bad_checkpoints_give_one_line_errors_and_write_nothing(tmp_path):
+    model = statex.build_model(tiny_gla_config())
+    model.save_pretrained(tmp_path / "m")
+    data = (tmp_path / "m" / "model.safetensors").read_bytes()
+    (tmp_path / "m" / "model.safetensors").write_bytes(data[:100])
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    _assert_one_line_error(run_cli("generate", tmp_path / "m", "--prompt", "x"), "unreadable safetensors")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    cfg["layers"][1]["key_dim"] = 31
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    _assert_one_line_error(run_cli("inspect", tmp_path / "m"), "must divide key_dim=31")
+
+
+def test_tokenizer_larger_than_vocab_is_refused(tmp_path):
+    statex.build_model(tiny_gla_config()).save_pretrained(tmp_path / "m")  # vocab 61 < 257 bytes
+    _assert_one_line_error(run_cli("generate", tmp_path / "m", "--prompt", "xyz", "--tokenizer", "bytes"),
+                           "wrong tokenizer")
+    _assert_one_line_error(run_cli("generate", tmp_path / "m", "--prompt", "x", "--tokenizer", tmp_path / "t.json"),
+                           "tokenizer file not found")
