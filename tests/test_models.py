@@ -200,3 +200,24 @@ def test_build_model_seed_is_deterministic():
     b = statex.build_model(tiny_gla_config(), seed=7)
     for (n, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(p, q), n
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+def test_short_conv_matches_conv1d_values_and_gradients(with_state):
+    from statex.models.layers import CausalConv1d
+
+    conv = CausalConv1d(6, 4, bias=True).double()
+    x = torch.randn(2, 11, 6, dtype=torch.float64, requires_grad=True)
+    state = torch.randn(2, 6, 3, dtype=torch.float64, requires_grad=True) if with_state else None
+    y, new_state = conv(x, state)
+    history = state if with_state else torch.zeros(2, 6, 3, dtype=torch.float64)
+    padded = torch.cat([history, x.transpose(1, 2)], dim=-1)
+    ref = F.silu(F.conv1d(padded, conv.weight, conv.bias, groups=6)).transpose(1, 2)
+    torch.testing.assert_close(y, ref)
+    torch.testing.assert_close(new_state, padded[..., -3:])
+    inputs = [x, conv.weight, conv.bias] + ([state] if with_state else [])
+    w = torch.randn_like(y)
+    got = torch.autograd.grad((y * w).sum(), inputs)
+    expected = torch.autograd.grad((ref * w).sum(), inputs)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b)

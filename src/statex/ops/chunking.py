@@ -37,12 +37,15 @@ def scan_chunk_states(
     Returns (states entering each chunk [..., N, X, Y], final state [..., X, Y]).
     A sequential loop over chunks: N = T / chunk is small, and it keeps memory at one state per chunk.
     """
-    n_chunks = chunk_update.shape[-3]
+    # unbind (not per-chunk indexing): its backward is one stack, where indexing would allocate and
+    # accumulate a full-size gradient per chunk, which is quadratic in the number of chunks.
+    decays = chunk_decay.unbind(dim=-3)
+    updates = chunk_update.unbind(dim=-3)
     state = initial_state
     if state is None:
-        state = torch.zeros_like(chunk_update[..., 0, :, :])
+        state = torch.zeros_like(updates[0])
     entering = []
-    for n in range(n_chunks):
+    for decay, update in zip(decays, updates):
         entering.append(state)
-        state = chunk_decay[..., n, :, :] * state + chunk_update[..., n, :, :]
+        state = torch.addcmul(update, decay, state)
     return torch.stack(entering, dim=-3), state
