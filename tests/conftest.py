@@ -2,6 +2,7 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -41,3 +42,35 @@ def randomize_(model, scale=0.2):
 def tiny_model(request):
     config = tiny_gla_config() if request.param == "gla" else tiny_mamba2_config()
     return randomize_(statex.build_model(config, dtype=torch.float64)).eval()
+
+
+def gla_layer_from_spec(mixer, x):
+    """GLA written directly from SPEC.md section 2, one token at a time, float64, with the mixer's weights."""
+    spec = mixer.spec
+    H, dk, dv = spec.num_heads, spec.head_k_dim, spec.head_v_dim
+    W = {n: p.detach() for n, p in mixer.named_parameters()}
+
+    def short_conv(seq, name):  # causal depthwise conv then SiLU
+        w = W[f"{name}.weight"][:, 0, :]  # [D, K]
+        K = w.shape[1]
+        padded = torch.cat([seq.new_zeros(seq.shape[0], K - 1, seq.shape[2]), seq], 1)
+        out = torch.stack([(padded[:, t:t + K] * w.T).sum(1) for t in range(seq.shape[1])], 1)
+        return F.silu(out)
+
+    q, k, v = x @ W["q_proj.weight"].T, x @ W["k_proj.weight"].T, x @ W["v_proj.weight"].T
+    if spec.use_short_conv:
+        q, k, v = short_conv(q, "q_conv1d"), short_conv(k, "k_conv1d"), short_conv(v, "v_conv1d")
+    gk = F.logsigmoid(x @ W["gk_proj.0.weight"].T @ W["gk_proj.1.weight"].T + W["gk_proj.1.bias"]) / 16
+    g = x @ W["g_proj.weight"].T
+    Bsz, T, _ = x.shape
+    S = x.new_zeros(Bsz, H, dk, dv)
+    outs = []
+    for t in range(T):
+        qt, kt, gt = (a[:, t].view(Bsz, H, dk) for a in (q, k, gk))
+        vt = v[:, t].view(Bsz, H, dv)
+        S = torch.exp(gt)[..., None] * S + kt[..., :, None] * vt[..., None, :]
+        o = torch.einsum("bhk,bhkv->bhv", qt * dk ** -0.5, S)
+        o = o / torch.sqrt(o.pow(2).mean(-1, keepdim=True) + spec.norm_eps) * W["g_norm_swish_gate.weight"]
+        o = o.reshape(Bsz, H * dv) * F.silu(g[:, t])
+        outs.append(o @ W["o_proj.weight"].T)
+    return torch.stack(outs, 1)

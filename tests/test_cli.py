@@ -97,3 +97,61 @@ def test_tokenizer_larger_than_vocab_is_refused(tmp_path):
                            "wrong tokenizer")
     _assert_one_line_error(run_cli("generate", tmp_path / "m", "--prompt", "x", "--tokenizer", tmp_path / "t.json"),
                            "tokenizer file not found")
+
+
+def test_inspect_previews_gla_expansion(capsys):
+    assert main(["inspect", str(FIXTURES / "gla-1.3B"), "--expand-layers", "every:6", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["total_state_elements"] == 18_874_368
+    assert info["added_params"] == 6_144
+    assert info["expanded_layers"] == [0, 6, 12, 18]
+    assert info["before"]["total_state_elements"] == 12_582_912
+    assert [layer["num_heads"] for layer in info["layers"][:7]] == [1, 4, 4, 4, 4, 4, 1]
+
+
+def test_inspect_previews_mamba2_expansion(capsys):
+    assert main(["inspect", str(FIXTURES / "mamba2-1.3b"), "--expand-layers", "0", "--factor", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "+1,576,704 parameters" in out and "2,097,152" in out
+    assert main(["inspect", str(FIXTURES / "mamba2-1.3b"), "--expand-layers", "0", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["added_params"] == 1_576_704 and info["layers"][0]["state_elements"] == 2_097_152
+
+
+def test_expand_cli_writes_a_reloadable_model(tmp_path):
+    model = statex.build_model(statex.mamba2_config(257, 32, 2, d_state=8, headdim=8), seed=0)
+    model.save_pretrained(tmp_path / "src")
+    (tmp_path / "src" / "tokenizer.json").write_text("{}")
+    result = run_cli("expand", tmp_path / "src", tmp_path / "dst", "--layers", "every:2", "--mode", "preserve",
+                     "--factor", "2", "--seed", "3")
+    assert result.returncode == 0, result.stderr
+    assert "+" in result.stdout and "wrote" in result.stdout
+    loaded = statex.load_model(tmp_path / "dst")
+    assert [s.d_state for s in loaded.config.layers] == [16, 8]
+    assert (tmp_path / "dst" / "tokenizer.json").exists()
+    expected = statex.expand(model, "every:2", mode="preserve", factor=2, seed=3)
+    for k, v in expected.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k]), k
+    # the destination exists now: refused without --force, replaced with it
+    _assert_one_line_error(run_cli("expand", tmp_path / "src", tmp_path / "dst", "--layers", "0"), "already exists")
+    assert run_cli("expand", tmp_path / "src", tmp_path / "dst", "--layers", "0", "--force").returncode == 0
+    assert [s.d_state for s in statex.load_model(tmp_path / "dst").config.layers] == [32, 8]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--layers", "every:0"], "must be >= 1"),
+    (["--layers", "7"], "out of range"),
+    (["--layers", "0", "--heads", "3"], "must divide"),
+    (["--layers", "0", "--mode", "copy"], "not a gla expansion mode"),
+])
+def test_expand_cli_bad_requests_write_nothing(tmp_path, flags, message):
+    statex.build_model(statex.gla_config(257, 32, 2, num_heads=2), seed=0).save_pretrained(tmp_path / "src")
+    _assert_one_line_error(run_cli("expand", tmp_path / "src", tmp_path / "dst", *flags), message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_expand_cli_factor_below_two(tmp_path):
+    statex.build_model(statex.mamba2_config(257, 32, 2, d_state=8, headdim=8), seed=0).save_pretrained(tmp_path / "s")
+    _assert_one_line_error(run_cli("expand", tmp_path / "s", tmp_path / "d", "--layers", "0", "--factor", "1"),
+                           "factor must be an integer >= 2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]

@@ -6,9 +6,16 @@ Public API (the CLI uses only these):
 - reports: ``describe_model`` (per-layer shapes, state sizes, parameter counts)
 """
 from statex.config import GLASpec, Mamba2Spec, ModelConfig, gla_config, mamba2_config
+from statex.expand import expand, expand_config, select_layers
 from statex.errors import CheckpointError, ConfigError, StatexError
 from statex import summary
-from statex.summary import describe_config, describe_model, format_description
+from statex.summary import (
+    describe_config,
+    describe_expansion,
+    describe_model,
+    format_description,
+    format_expansion,
+)
 from statex.data import load_tokenizer
 from statex.io import load_config, load_model, save_model
 from statex.models import CausalLM, CausalLMOutput, RecurrentState, build_model
@@ -27,12 +34,17 @@ __all__ = [
     "StatexError",
     "build_model",
     "describe_config",
+    "expand",
+    "expand_config",
+    "describe_expansion",
     "describe_model",
     "format_description",
+    "format_expansion",
     "gla_config",
     "load_config",
     "load_model",
     "load_tokenizer",
     "mamba2_config",
     "save_model",
+    "select_layers",
 ]

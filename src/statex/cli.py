@@ -21,11 +21,60 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     config, fmt = statex.load_config(args.path)
     info = statex.describe_config(config)
     info["source_format"] = fmt
+    if args.expand_layers is None:
+        if args.json:
+            print(json.dumps(info, indent=2))
+        else:
+            print(f"{args.path} ({fmt} format)")
+            print(statex.format_description(info))
+        return 0
+    layers = statex.select_layers(args.expand_layers, config.n_layer)
+    after = statex.describe_config(statex.expand_config(config, layers, heads=args.heads, factor=args.factor))
+    preview = statex.describe_expansion(info, after, layers)
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(json.dumps(preview, indent=2))
     else:
-        print(f"{args.path} ({fmt} format)")
-        print(statex.format_description(info))
+        print(f"{args.path} ({fmt} format), expanding layers {layers}")
+        print(statex.format_expansion(preview))
+    return 0
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
+
+
+def _cmd_expand(args: argparse.Namespace) -> int:
+    import os
+    import shutil
+    import tempfile
+
+    import torch
+
+    dst = Path(args.dst)
+    if dst.exists() and not args.force:
+        raise statex.StatexError(f"{dst}: already exists (use --force to replace it)")
+    dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
+    model = statex.load_model(args.src, dtype=dtype)
+    # validate the request on the config before any work on the weights
+    statex.expand_config(model.config, statex.select_layers(args.layers, model.config.n_layer),
+                         heads=args.heads, factor=args.factor)
+    expanded = statex.expand(model, args.layers, mode=args.mode, heads=args.heads, factor=args.factor,
+                             seed=args.seed, keep_attn_norm=args.keep_attn_norm,
+                             keep_ssm_params=args.keep_ssm_params, dt_init=args.dt_init)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+    try:
+        expanded.save_pretrained(tmp / "model")
+        for name in _TOKENIZER_FILES:  # keep the tokenizer next to the model
+            if (Path(args.src) / name).is_file():
+                shutil.copy2(Path(args.src) / name, tmp / "model" / name)
+        if dst.exists():
+            shutil.rmtree(dst) if dst.is_dir() else dst.unlink()
+        os.replace(tmp / "model", dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    before, after = statex.describe_model(model), statex.describe_model(expanded)
+    print(statex.format_expansion(statex.describe_expansion(before, after, expanded.config.history[-1]["layers"])))
+    print(f"wrote {dst} (mode {args.mode}, seed {args.seed})")
     return 0
 
 
@@ -89,7 +138,37 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="per-layer mixer shapes, recurrent state sizes and parameters")
     p.add_argument("path", help="a model directory (a directory holding only config.json is enough)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--expand-layers", metavar="SPEC",
+                   help="preview a StateX expansion of these layers (every:P, 0,6,12, frac:F or all)")
+    p.add_argument("--heads", type=int, default=1, help="GLA heads per expanded layer (default 1)")
+    p.add_argument("--factor", type=int, default=4, help="Mamba2 d_state multiplier (default 4)")
     p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser(
+        "expand", help="StateX: enlarge the recurrent state of selected layers",
+        description="Write a StateX copy of SRC to DST. GLA modes: reinit (paper default: fresh mixer), inherit "
+                    "(keep projections, merge heads). Mamba2 modes: reinit (paper default: fresh B and C), "
+                    "preserve (ours: exact original function at start, new dims still learn), and the reference "
+                    "ablations copy (tiled B/C: the copies get identical gradients and never diverge) and zero "
+                    "(new dims get exactly zero gradient and never learn). reinit/copy/zero reset A_log, dt_bias "
+                    "and the gated-norm weight as the reference code does, unless --keep-ssm-params.")
+    p.add_argument("src", help="model directory (statex, fla GLA, mamba_ssm or HF Mamba2)")
+    p.add_argument("dst", help="output directory (project format)")
+    p.add_argument("--layers", required=True, metavar="SPEC",
+                   help="every:P (layers 0, P, 2P, ...), a list 0,6,12, frac:F (evenly spaced) or all")
+    p.add_argument("--mode", default="reinit", help="GLA: reinit|inherit; Mamba2: reinit|preserve|copy|zero")
+    p.add_argument("--heads", type=int, default=1, help="GLA heads per expanded layer (default 1)")
+    p.add_argument("--factor", type=int, default=4, help="Mamba2 d_state multiplier (default 4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--keep-attn-norm", action="store_true", help="GLA: keep attn_norm instead of resetting it")
+    p.add_argument("--keep-ssm-params", action="store_true",
+                   help="Mamba2: keep A_log, dt_bias and the gated-norm weight (preserve always keeps them)")
+    p.add_argument("--dt-init", choices=["reset", "inverse-softplus"], default="reset",
+                   help="Mamba2: reset dt_bias to 1 (reference) or draw it with the inverse-softplus init")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                   help="dtype of the written weights (auto: as stored in SRC)")
+    p.add_argument("--force", action="store_true", help="replace DST if it exists")
+    p.set_defaults(func=_cmd_expand)
 
     p = sub.add_parser("generate", help="generate text from a model")
     p.add_argument("model", help="model directory (statex, fla GLA, mamba_ssm or HF Mamba2)")

@@ -132,6 +132,7 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     pad_token_id: int | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)  # operations applied (e.g. statex-expand)
 
     @property
     def n_layer(self) -> int:

@@ -148,7 +148,7 @@ def expand(
         "op": "statex-expand", "family": family, "layers": indices, "mode": mode,
         **({"heads": heads} if family == "gla" else {"factor": factor}), "seed": seed,
         **({"keep_attn_norm": keep_attn_norm} if family == "gla" else
-           {"keep_ssm_params": keep_ssm_params, "dt_init": dt_init}),
+           {"keep_ssm_params": keep_ssm_params or mode == "preserve", "dt_init": dt_init}),
     }]
 
     from statex.models import build_model
@@ -279,7 +279,7 @@ def _expand_mamba2_layer(params, prefix, old: Mamba2Spec, new: Mamba2Spec, d_mod
     if not keep_ssm:
         heads = old.nheads
         a_log = params[mixer + "A_log"]
-        out[mixer + "A_log"] = torch.log(torch.arange(1, heads + 1, dtype=torch.float32)).to(a_log.dtype)
+        out[mixer + "A_log"] = torch.log(torch.arange(1, heads + 1, dtype=a_log.dtype))
         dt_bias = params[mixer + "dt_bias"]
         if dt_init == "reset":
             out[mixer + "dt_bias"] = torch.ones_like(dt_bias)

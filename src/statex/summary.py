@@ -1,6 +1,7 @@
 """Per-layer report of a model: mixer shapes, recurrent state elements and parameter counts."""
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from statex.config import GLASpec, ModelConfig
@@ -33,6 +34,7 @@ def describe_model(model) -> dict[str, Any]:
         "total_state_elements": sum(layer["state_elements"] for layer in layers),
         "total_conv_state_elements": sum(layer["conv_state_elements"] for layer in layers),
         "total_params": model.num_parameters(),
+        "history": list(config.history),
     }
 
 
@@ -60,4 +62,38 @@ def format_description(info: dict[str, Any]) -> str:
     lines = ["  ".join(str(v).rjust(w) for v, w in zip(row, widths)) for row in [header, *rows]]
     title = (f"{info['family']} model: d_model {info['d_model']}, {info['n_layer']} layers, "
              f"vocab {info['vocab_size']}, tied embeddings: {info['tie_embeddings']}")
-    return "\n".join([title, *lines])
+    notes = [f"history: {json.dumps(entry)}" for entry in info.get("history", [])]
+    return "\n".join([title, *lines, *notes])
+
+
+def describe_expansion(before: dict[str, Any], after: dict[str, Any], layers: list[int]) -> dict[str, Any]:
+    """``after`` (same schema as ``describe_model``) plus the ``before`` description and the differences."""
+    return {
+        **after,
+        "expanded_layers": list(layers),
+        "added_params": after["total_params"] - before["total_params"],
+        "added_state_elements": after["total_state_elements"] - before["total_state_elements"],
+        "state_ratio": after["total_state_elements"] / before["total_state_elements"],
+        "before": before,
+    }
+
+
+def format_expansion(preview: dict[str, Any]) -> str:
+    """Text table of the layers an expansion changes, before -> after, with totals."""
+    before = preview["before"]
+    gla = preview["family"] == "gla"
+    shape_key = "num_heads" if gla else "d_state"
+    header = ("layer", "heads" if gla else "d_state", "state", "params")
+    rows = []
+    for index in preview["expanded_layers"]:
+        old, new = before["layers"][index], preview["layers"][index]
+        rows.append((index, f"{old[shape_key]} -> {new[shape_key]}",
+                     f"{old['state_elements']:,} -> {new['state_elements']:,}",
+                     f"{old['params']:,} -> {new['params']:,}"))
+    rows.append(("total", "", f"{before['total_state_elements']:,} -> {preview['total_state_elements']:,}",
+                 f"{before['total_params']:,} -> {preview['total_params']:,}"))
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(v).rjust(w) for v, w in zip(row, widths)) for row in [header, *rows]]
+    lines.append(f"state x{preview['state_ratio']:.3f} ({preview['added_state_elements']:+,} elements), "
+                 f"{preview['added_params']:+,} parameters")
+    return "\n".join(lines)
