@@ -74,3 +74,17 @@ def gla_layer_from_spec(mixer, x):
         o = o.reshape(Bsz, H * dv) * F.silu(g[:, t])
         outs.append(o @ W["o_proj.weight"].T)
     return torch.stack(outs, 1)
+
+
+def largest_saved_tensor(fn, *args, **kwargs) -> int:
+    """numel of the largest tensor autograd saves for backward while ``fn(*args, **kwargs)`` runs."""
+    biggest = 0
+
+    def pack(t):
+        nonlocal biggest
+        biggest = max(biggest, t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(*args, **kwargs)
+    return biggest

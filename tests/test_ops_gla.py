@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import largest_saved_tensor
 from statex.ops.gla import chunk_gla, naive_recurrent_gla, recurrent_gla_step
 
 
@@ -111,16 +112,6 @@ def test_memory_is_linear_no_quadratic_tensor():
     """No [T, T] tensor: the largest tensor saved for backward grows linearly with T."""
     def biggest_saved(T):
         q, k, v, g, _ = make_inputs(B=1, T=T, H=1, K=8, V=8, dtype=torch.float32)
-        q.requires_grad_()
-        biggest = 0
-
-        def pack(t):
-            nonlocal biggest
-            biggest = max(biggest, t.numel())
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            chunk_gla(q, k, v, g)
-        return biggest
+        return largest_saved_tensor(chunk_gla, q.requires_grad_(), k, v, g)
 
     assert biggest_saved(4096) <= 2 * biggest_saved(2048) + 64

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import largest_saved_tensor
 from statex.ops.ssd import chunk_ssd, naive_recurrent_ssd, recurrent_ssd_step
 
 
@@ -79,16 +80,6 @@ def test_memory_is_linear_no_quadratic_tensor():
     """The largest intermediate is [B, H, T, chunk]: doubling T doubles the peak autograd memory."""
     def saved_numel(T):
         x, dt, A, Bm, Cm, D, _ = make_inputs(B=1, T=T, H=2, P=4, G=1, N=4, dtype=torch.float32)
-        x.requires_grad_()
-        biggest = 0
-
-        def pack(t):
-            nonlocal biggest
-            biggest = max(biggest, t.numel())
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            chunk_ssd(x, dt, A, Bm, Cm, D, chunk_size=32)
-        return biggest
+        return largest_saved_tensor(chunk_ssd, x.requires_grad_(), dt, A, Bm, Cm, D, chunk_size=32)
 
     assert saved_numel(2048) <= 2 * saved_numel(1024) + 64
