@@ -16,9 +16,10 @@ from statex.summary import (
     format_description,
     format_expansion,
 )
-from statex.data import load_tokenizer
+from statex.data import load_tokenizer, train_bpe_tokenizer
 from statex.io import load_config, load_model, save_model
 from statex.models import CausalLM, CausalLMOutput, RecurrentState, build_model
+from statex.train import TrainConfig, TrainingInterrupted, TrainingStopped, train
 
 __version__ = "0.1.0"
 
@@ -32,6 +33,9 @@ __all__ = [
     "ModelConfig",
     "RecurrentState",
     "StatexError",
+    "TrainConfig",
+    "TrainingInterrupted",
+    "TrainingStopped",
     "build_model",
     "describe_config",
     "expand",
@@ -47,4 +51,6 @@ __all__ = [
     "mamba2_config",
     "save_model",
     "select_layers",
+    "train",
+    "train_bpe_tokenizer",
 ]

@@ -130,6 +130,73 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+_TRAIN_HELP = {
+    "model": "checkpoint directory to post-train (statex, fla GLA, mamba_ssm or HF Mamba2)",
+    "init": "config.json (or its directory) of a fresh model to pretrain",
+    "data": ".jsonl / .txt files or directories, comma-separated",
+    "text_field": "JSONL field holding the text (default text)",
+    "tokenizer": "'bytes' or a tokenizer.json path (default bytes)",
+    "cache_dir": "where the pre-tokenised cache goes (default OUT/token-cache); share it between runs",
+    "synthetic": "synthetic sources mixed in by weight, e.g. mqar:0.3,passkey:0.1",
+    "text_weight": "weight of the text data in the mixture (default 1)",
+    "heldout_sequences": "sequences held out of training for the held-out loss (default 16)",
+    "batch_size": "sequences per process per micro-step",
+    "schedule": "cosine | constant | wsd",
+    "precision": "fp32 | bf16 (autocast, fp32 master weights) | pure-bf16 (the reference code's)",
+    "grad_checkpoint": "recompute each block in backward (less memory)",
+    "save_every": "checkpoint every N steps (and at the end)",
+    "keep": "keep the K latest checkpoints",
+    "resume": "continue from the latest checkpoint in OUT",
+    "eval_every": "held-out loss every N steps (default: at every save)",
+    "on_nonfinite": "stop | skip a step whose loss or gradient is not finite",
+    "expand_layers": "StateX: expand these layers before training (every:P, 0,6,12, frac:F, all)",
+    "mode": "expansion mode (GLA reinit|inherit; Mamba2 reinit|preserve|copy|zero)",
+    "heads": "GLA heads per expanded layer", "factor": "Mamba2 d_state multiplier",
+    "fsdp": "shard the model with FSDP2 under torchrun",
+    "stop_at_step": "stop after this step with a checkpoint (continue later with --resume)",
+    "device": "auto | cpu | cuda",
+}
+
+
+def _add_train_flags(parser: argparse.ArgumentParser) -> None:
+    import dataclasses
+
+    from statex.train import TrainConfig
+
+    parser.add_argument("--config", help="YAML or JSON file of options (flags given here override it)")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kwargs = {"default": argparse.SUPPRESS, "help": _TRAIN_HELP.get(f.name)}
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+            continue
+        kind = {"int": int, "float": float, "int | None": int}.get(str(f.type), str)
+        parser.add_argument(flag, type=kind, metavar=f.name.upper(), **kwargs)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from statex.train import read_config_file, resolve_config
+
+    values = {k: v for k, v in vars(args).items() if k not in ("func", "command", "config")}
+    file_values = read_config_file(args.config) if args.config else {}
+    config = resolve_config(file_values, values)
+    summary = statex.train(config)
+    if summary.get("stopped") or summary.get("rank", 0) != 0:
+        return 0
+    heldout = summary["heldout_loss"]
+    print(f"done: {summary['steps']} steps, final loss {summary['final_loss']:.4f}"
+          + (f", held-out loss {heldout:.4f}" if heldout is not None else "")
+          + f"; model in {summary['final_model']}")
+    return 0
+
+
+def _cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    path = statex.train_bpe_tokenizer(args.data, args.vocab_size, args.out, min_frequency=args.min_frequency)
+    tokenizer = statex.load_tokenizer(path)
+    print(f"wrote {path}: {tokenizer.vocab_size} tokens, end-of-document id {tokenizer.eos_token_id}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="statex", description="StateX: recurrent state expansion for GLA and Mamba2 LMs")
     parser.add_argument("--version", action="version", version=f"statex {statex.__version__}")
@@ -184,6 +251,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-eos-stop", action="store_true", help="do not stop at the tokenizer's end token")
     p.set_defaults(func=_cmd_generate)
 
+    p = sub.add_parser("train", help="pretrain or post-train (LPT / StateX) a model",
+                       description="Train with AdamW (decay on >= 2-dim parameters). A StateX run and an LPT run "
+                                   "differ only in --expand-layers. Multi-process: torchrun --nproc_per_node N "
+                                   "-m statex train ...")
+    _add_train_flags(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("tokenizer", help="tokenizer utilities")
+    tok_sub = p.add_subparsers(dest="tokenizer_command", required=True, parser_class=_Parser)
+    t = tok_sub.add_parser("train", help="train a byte-level BPE tokenizer.json on local text")
+    t.add_argument("data", help=".jsonl / .txt files or directories, comma-separated")
+    t.add_argument("--vocab-size", type=int, required=True)
+    t.add_argument("--out", required=True, help="output tokenizer.json path (or directory)")
+    t.add_argument("--min-frequency", type=int, default=2)
+    t.set_defaults(func=_cmd_tokenizer_train)
+
     p = sub.add_parser("demo", help="the main job (interim: build, save, reload and sample small models)")
     p.add_argument("--out", default="out/demo")
     p.add_argument("--seed", type=int, default=0)
@@ -196,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
+    except statex.TrainingInterrupted as exc:
+        print(f"statex: {exc}", file=sys.stderr)
+        return exc.exit_code
     except statex.StatexError as exc:
         print(f"statex: error: {exc}", file=sys.stderr)
         return 2

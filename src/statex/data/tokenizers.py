@@ -4,6 +4,7 @@ Nothing is ever downloaded: a tokenizer is either ``bytes`` or a path on disk.
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from statex.errors import StatexError
@@ -22,6 +23,13 @@ class ByteTokenizer:
     def decode(self, ids: list[int]) -> str:
         return bytes(i for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")
 
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    @property
+    def fingerprint(self) -> str:
+        return "bytes-v1"
+
 
 class HFTokenizer:
     """A local ``tokenizer.json`` read with the ``tokenizers`` library."""
@@ -39,6 +47,7 @@ class HFTokenizer:
         except Exception as exc:  # the Rust library raises a generic Exception on bad files
             raise StatexError(f"{path}: not a valid tokenizer.json ({str(exc).splitlines()[0][:200]})") from None
         self.name = str(path)
+        self._fingerprint = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
         self.eos_token_id = None
         for candidate in ("</s>", "<|endoftext|>", "<eos>", "<|eos|>", "[EOS]"):
@@ -53,9 +62,51 @@ class HFTokenizer:
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=False)
 
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
 
 def load_tokenizer(spec: str | Path) -> ByteTokenizer | HFTokenizer:
     """``"bytes"`` for the built-in byte tokenizer, else a path to a tokenizer.json (or its directory)."""
     if str(spec) == "bytes":
         return ByteTokenizer()
     return HFTokenizer(spec)
+
+
+def train_bpe_tokenizer(files, vocab_size: int, out: str | Path, min_frequency: int = 2,
+                        eod_token: str = "<|endoftext|>", show_progress: bool = True) -> Path:
+    """Train a byte-level BPE ``tokenizer.json`` on local text (JSONL ``text`` fields or .txt files).
+    The end-of-document token gets id 0. Written atomically to ``out``."""
+    import os
+    import tempfile
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from statex.data.corpus import corpus_files, iter_documents
+
+    if vocab_size < 257 + 1:
+        raise StatexError(f"vocab size {vocab_size} is too small for a byte-level BPE (at least 258)")
+    paths = corpus_files(files)
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[eod_token],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=show_progress)
+    tokenizer.train_from_iterator(iter_documents(paths), trainer=trainer)
+    out = Path(out)
+    if out.is_dir():
+        out = out / "tokenizer.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tokenizer-", suffix=".json", dir=out.parent)
+    os.close(fd)
+    try:
+        tokenizer.save(tmp)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out

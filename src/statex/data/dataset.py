@@ -1,0 +1,137 @@
+"""Packed training data: fixed-length sequences cut from a token cache, a held-out slice, a deterministic
+shuffled stream that every process reads a disjoint part of, and synthetic sources mixed in by weight.
+
+Positions: the stream is infinite; global position p is sequence perm_e[p mod n] of epoch e = p // n, where
+perm_e is a permutation seeded by (seed, e). An optimizer step of a run with W processes, per-process batch b
+and g accumulation steps consumes W*b*g positions; process r's micro-batch m of the step starting at p reads
+positions p + (m*W + r)*b ... + b - 1. So the data position of a run is one integer, saved in checkpoints,
+and 2 processes with batch b read exactly the sequences that 1 process with batch 2b reads.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from statex.data.cache import open_token_cache
+from statex.data.synthetic import IGNORE, MQARSpec, mqar_sequence, passkey_sequence
+from statex.errors import StatexError
+
+SYNTHETIC_KINDS = ("mqar", "passkey")
+
+
+@dataclass
+class SyntheticSource:
+    kind: str  # "mqar" | "passkey"
+    weight: float
+    num_pairs: tuple[int, int] = (4, 32)  # mqar: pairs drawn uniformly in this range (inclusive)
+    mqar: MQARSpec | None = None  # mqar: token ranges (default: zoology's split of the tokenizer's vocab)
+
+
+@dataclass
+class PackedData:
+    tokens: np.ndarray
+    seq_len: int
+    heldout_sequences: int
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        total = len(self.tokens) // self.seq_len
+        if total < 2:
+            raise StatexError(f"the corpus holds {len(self.tokens)} tokens: fewer than 2 sequences of "
+                              f"{self.seq_len}; use more data or a shorter --seq-len")
+        self.heldout_sequences = min(self.heldout_sequences, total - 1)
+        self.train_sequences = total - self.heldout_sequences
+
+    def sequence(self, index: int) -> torch.Tensor:
+        start = index * self.seq_len
+        return torch.from_numpy(self.tokens[start:start + self.seq_len].astype(np.int64))
+
+    def heldout(self, index: int) -> torch.Tensor:
+        return self.sequence(self.train_sequences + index)
+
+
+class TrainStream:
+    """Maps global positions to (input_ids, labels) sequences, deterministically from ``seed``."""
+
+    def __init__(self, data: PackedData | None, seq_len: int, seed: int, tokenizer=None,
+                 synthetic: list[SyntheticSource] | None = None, text_weight: float = 1.0):
+        self.data, self.seq_len, self.seed, self.tokenizer = data, seq_len, seed, tokenizer
+        self.synthetic = list(synthetic or [])
+        weights = ([text_weight] if data is not None else []) + [s.weight for s in self.synthetic]
+        if not weights or sum(weights) <= 0 or any(w < 0 for w in weights):
+            raise StatexError("data mixture weights must be non-negative with a positive sum")
+        self.cumulative = torch.tensor(weights, dtype=torch.float64).cumsum(0) / sum(weights)
+        if any(s.kind == "mqar" for s in self.synthetic) and seq_len < 4:
+            raise StatexError("MQAR sequences need --seq-len >= 4")
+        if any(s.kind == "passkey" for s in self.synthetic) and seq_len < 64:
+            raise StatexError("passkey sequences need --seq-len >= 64")
+        self._perm_epoch, self._perm = None, None
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if self._perm_epoch != epoch:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm = torch.randperm(self.data.train_sequences, generator=gen)
+            self._perm_epoch = epoch
+        return self._perm
+
+    def example(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+        gen = torch.Generator().manual_seed((self.seed * 2_654_435_761 + position) % (2**63))
+        choice = int(torch.searchsorted(self.cumulative, torch.rand((), generator=gen, dtype=torch.float64),
+                                        right=True).clamp(max=len(self.cumulative) - 1))
+        if self.data is not None:
+            if choice == 0:
+                n = self.data.train_sequences
+                ids = self.data.sequence(int(self._permutation(position // n)[position % n]))
+                return ids, ids.clone()
+            choice -= 1
+        source = self.synthetic[choice]
+        if source.kind == "mqar":
+            high = min(source.num_pairs[1], self.seq_len // 4)  # an MQAR sequence needs 4 positions per pair
+            low = min(source.num_pairs[0], high)
+            pairs = int(torch.randint(low, high + 1, (1,), generator=gen))
+            spec = source.mqar or MQARSpec.for_vocab(self.tokenizer.vocab_size)
+            return mqar_sequence(gen, self.seq_len, pairs, spec)
+        return passkey_sequence(gen, self.tokenizer, self.seq_len)
+
+    def batch(self, start: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        examples = [self.example(start + i) for i in range(size)]
+        return torch.stack([e[0] for e in examples]), torch.stack([e[1] for e in examples])
+
+
+def parse_synthetic(spec: str | list | None) -> list[SyntheticSource]:
+    """``"mqar:0.3,passkey:0.1"`` or a list of dicts ({kind, weight, num_pairs}) from a config file."""
+    if not spec:
+        return []
+    items = spec if isinstance(spec, list) else [part for part in str(spec).split(",") if part.strip()]
+    sources = []
+    for item in items:
+        if isinstance(item, dict):
+            kind, weight = item.get("kind"), item.get("weight", 1.0)
+            extra = {k: v for k, v in item.items() if k not in ("kind", "weight")}
+        else:
+            kind, _, weight = str(item).partition(":")
+            weight, extra = (weight or "1"), {}
+        if kind not in SYNTHETIC_KINDS:
+            raise StatexError(f"unknown synthetic source {kind!r} (choose from {', '.join(SYNTHETIC_KINDS)})")
+        try:
+            weight = float(weight)
+        except ValueError:
+            raise StatexError(f"synthetic source {item!r}: weight must be a number") from None
+        source = SyntheticSource(kind, weight)
+        if "num_pairs" in extra:
+            low, high = extra.pop("num_pairs")
+            source.num_pairs = (int(low), int(high))
+        if extra:
+            raise StatexError(f"synthetic source {kind}: unknown field(s) {', '.join(sorted(extra))}")
+        sources.append(source)
+    return sources
+
+
+def load_packed(cache_path, seq_len: int, heldout_sequences: int) -> PackedData:
+    tokens, meta = open_token_cache(cache_path)
+    return PackedData(tokens, seq_len, heldout_sequences, meta)
+
+
+__all__ = ["IGNORE", "PackedData", "SyntheticSource", "TrainStream", "load_packed", "parse_synthetic"]

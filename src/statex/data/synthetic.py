@@ -1,0 +1,112 @@
+"""Synthetic recall data, generated deterministically from a ``torch.Generator``.
+
+- MQAR (zoology's multi-query associative recall, token level): key-value pairs, then the keys queried again
+  later with power-law gaps; the loss and accuracy are taken only on the value after each query key.
+- Passkey (SPEC.md section 6): a 5-digit passkey hidden at a chosen depth in repeated filler text.
+
+Labels follow the model's convention: ``labels[t]`` is the token at position t when it is to be predicted
+(from position t - 1), else -100.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+IGNORE = -100
+
+PASSKEY_PREFIX = ("There is an important info hidden inside a lot of irrelevant text. "
+                  "Find it and memorize it.\n\n")
+PASSKEY_FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.\n"
+PASSKEY_NEEDLE = "The passkey is {key}. Remember it. {key} is the passkey.\n"
+PASSKEY_SUFFIX = "\nWhat is the pass key? The passkey is"
+
+
+@dataclass
+class MQARSpec:
+    """Token ranges and sizes of an MQAR sequence. Keys come from [key_low, key_high), values from
+    [value_low, value_high); filler tokens (the positions that are neither pairs nor queries) are drawn from
+    the value range (a filler that happened to be a key would overwrite that key's binding)."""
+
+    key_low: int
+    key_high: int
+    value_low: int
+    value_high: int
+    power_a: float = 0.01
+
+    @classmethod
+    def for_vocab(cls, vocab_size: int, power_a: float = 0.01) -> "MQARSpec":
+        """zoology's split: keys from [1, V/2), values from [V/2, V)."""
+        half = vocab_size // 2
+        return cls(1, half, half, vocab_size, power_a)
+
+
+def mqar_sequence(generator: torch.Generator, seq_len: int, num_pairs: int, spec: MQARSpec):
+    """(input_ids [seq_len], labels [seq_len]): "k1 v1 ... kD vD", then filler with the D keys queried once
+    each in random order, each query followed by its value (the only labelled positions)."""
+    if spec.key_high - spec.key_low < num_pairs:
+        raise ValueError(f"{num_pairs} pairs need at least {num_pairs} distinct keys")
+    if seq_len < 4 * num_pairs:
+        raise ValueError(f"seq_len {seq_len} is too short for {num_pairs} pairs (needs >= {4 * num_pairs})")
+    keys = spec.key_low + torch.randperm(spec.key_high - spec.key_low, generator=generator)[:num_pairs]
+    values = torch.randint(spec.value_low, spec.value_high, (num_pairs,), generator=generator)
+    ids = torch.randint(spec.value_low, spec.value_high, (seq_len,), generator=generator)
+    labels = torch.full((seq_len,), IGNORE, dtype=torch.long)
+    ids[0:2 * num_pairs:2], ids[1:2 * num_pairs:2] = keys, values
+    # query slots: pairs of positions after the context; slot j (gap j) drawn with weight (j+1)^(a-1)
+    start = 2 * num_pairs
+    slots = (seq_len - start) // 2
+    weights = torch.arange(1, slots + 1, dtype=torch.float64) ** (spec.power_a - 1)
+    chosen = torch.multinomial(weights, num_pairs, replacement=False, generator=generator)
+    order = torch.randperm(num_pairs, generator=generator)
+    positions = start + 2 * chosen
+    ids[positions], ids[positions + 1] = keys[order], values[order]
+    labels[positions + 1] = values[order]
+    return ids, labels
+
+
+def random_passkey(generator: torch.Generator) -> str:
+    return str(int(torch.randint(10000, 100000, (1,), generator=generator)))
+
+
+def haystack_prompt(tokenizer, context_tokens: int, depth: float, needle: str, prefix: str = PASSKEY_PREFIX,
+                    filler: str = PASSKEY_FILLER, suffix: str = PASSKEY_SUFFIX, haystack: str | None = None):
+    """Token ids of prefix + haystack with ``needle`` inserted at ``depth`` (0 = start, 1 = end) + suffix,
+    about ``context_tokens`` long (within one filler sentence). The haystack is ``filler`` repeated, or the
+    text ``haystack`` (cut to length). Returns (ids, needle_token_offset)."""
+    if not 0.0 <= depth <= 1.0:
+        raise ValueError(f"depth must be in [0, 1], got {depth}")
+    fixed = tokenizer.encode(prefix), tokenizer.encode(needle), tokenizer.encode(suffix)
+    budget = max(0, context_tokens - sum(len(part) for part in fixed))
+    if haystack is None:
+        unit = tokenizer.encode(filler)
+        pieces = [unit] * max(1, -(-budget // max(1, len(unit))))
+        hay = [t for piece in pieces for t in piece][:budget]
+        # cut at a sentence boundary so the needle never lands inside a filler sentence
+        boundaries = [i for i in range(0, len(hay) + 1, len(unit))]
+    else:
+        hay = tokenizer.encode(haystack)
+        while len(hay) < budget and hay:
+            hay = hay + hay
+        hay = hay[:budget]
+        boundaries = list(range(len(hay) + 1))
+    target = depth * len(hay)
+    cut = min(boundaries, key=lambda b: abs(b - target)) if boundaries else 0
+    ids = fixed[0] + hay[:cut] + fixed[1] + hay[cut:] + fixed[2]
+    return ids, len(fixed[0]) + cut
+
+
+def passkey_sequence(generator: torch.Generator, tokenizer, seq_len: int, depth: float | None = None):
+    """A training example: a passkey prompt followed by the answer, exactly ``seq_len`` tokens, labels on the
+    answer tokens only. The depth is uniform in [0, 1] unless given."""
+    key = random_passkey(generator)
+    if depth is None:
+        depth = float(torch.rand((), generator=generator, dtype=torch.float64))
+    answer = tokenizer.encode(" " + key)
+    prompt, _ = haystack_prompt(tokenizer, seq_len - len(answer), depth, PASSKEY_NEEDLE.format(key=key))
+    prompt = prompt[-(seq_len - len(answer)):]
+    ids = prompt + answer
+    pad = seq_len - len(ids)
+    ids = [tokenizer.eos_token_id] * pad + ids  # left-pad when the filler could not fill exactly
+    labels = [IGNORE] * (seq_len - len(answer)) + answer
+    return torch.tensor(ids), torch.tensor(labels)

@@ -1,0 +1,81 @@
+"""Training checkpoints: ``OUT/checkpoints/step-XXXXXXXX/`` holding ``model/`` (the project format) and
+``trainer.pt`` (optimizer, step, data position, RNG states, the resolved config). Each is written to a
+temporary directory and renamed, so a checkpoint is either complete or absent; the ``keep`` latest are kept."""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from statex.errors import StatexError
+
+PREFIX = "step-"
+
+
+def checkpoint_dirs(out: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = Path(out) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(out: str | Path, step: int, model, trainer_state: dict[str, Any], keep: int) -> Path:
+    root = Path(out) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{PREFIX}{step:08d}"
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+    try:
+        model.save_pretrained(tmp / "model")
+        torch.save(trainer_state, tmp / "trainer.pt")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for old in checkpoint_dirs(out)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_latest_checkpoint(out: str | Path):
+    """(model, trainer_state, path) of the newest readable checkpoint; a corrupt one is skipped with a warning.
+    Returns None when OUT has no checkpoint."""
+    from statex.io import load_model
+
+    candidates = checkpoint_dirs(out)
+    for path in reversed(candidates):
+        try:
+            model = load_model(path / "model", dtype=None)
+            state = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or "step" not in state:
+                raise StatexError("trainer.pt lacks the step")
+            return model, state, path
+        except Exception as exc:  # any unreadable file: fall back to the previous checkpoint
+            warnings.warn(f"checkpoint {path} is unreadable ({str(exc).splitlines()[0][:160]}); "
+                          "falling back to the previous one", stacklevel=2)
+    if candidates:
+        raise StatexError(f"{out}: none of the {len(candidates)} checkpoints can be read")
+    return None

@@ -1,0 +1,131 @@
+"""The training run's configuration: defaults < a YAML/JSON config file < command-line flags."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from statex.errors import StatexError
+
+
+@dataclass
+class TrainConfig:
+    # model: exactly one of ``model`` (a checkpoint directory) or ``init`` (a config.json for a fresh model)
+    model: str | None = None
+    init: str | None = None
+    # data
+    data: str | None = None  # .jsonl / .txt files or directories, comma-separated
+    text_field: str = "text"
+    tokenizer: str = "bytes"  # "bytes" or a tokenizer.json path
+    cache_dir: str | None = None  # token cache (default OUT/token-cache); share it between runs
+    synthetic: Any = None  # "mqar:0.3,passkey:0.1" or a list of {kind, weight, num_pairs}
+    text_weight: float = 1.0
+    heldout_sequences: int = 16
+    # optimisation
+    seq_len: int = 2048
+    batch_size: int = 1  # per process
+    grad_accum: int = 1
+    steps: int = 1000
+    lr: float = 3e-4
+    min_lr: float = 0.0
+    warmup: int = 100
+    schedule: str = "cosine"  # cosine | constant | wsd
+    decay_fraction: float = 0.2  # wsd: the final fraction of steps that decays to min_lr
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    clip: float = 1.0  # 0 disables clipping
+    seed: int = 0
+    precision: str = "fp32"  # fp32 | bf16 (autocast, fp32 master weights) | pure-bf16 (reference code)
+    grad_checkpoint: bool = False
+    # bookkeeping
+    out: str = "runs/train"
+    save_every: int = 1000
+    keep: int = 2
+    resume: bool = False
+    log_every: int = 10
+    eval_every: int = 0  # 0: at every save
+    tensorboard: bool = False
+    progress: bool = True
+    on_nonfinite: str = "stop"  # stop | skip
+    max_skips: int = 20  # consecutive skipped steps before the run stops anyway
+    # StateX expansion applied to the loaded model before training (fresh runs only)
+    expand_layers: Any = None
+    mode: str = "reinit"
+    heads: int = 1
+    factor: int = 4
+    expand_seed: int | None = None  # default: seed
+    keep_attn_norm: bool = False
+    keep_ssm_params: bool = False
+    dt_init: str = "reset"
+    # hardware
+    device: str = "auto"  # auto | cpu | cuda
+    fsdp: bool = False
+    threads: int | None = None
+    stop_at_step: int | None = None  # stop after this step (with a checkpoint), to be continued with --resume
+
+    def validate(self) -> "TrainConfig":
+        if (self.model is None) == (self.init is None):
+            raise StatexError("give exactly one of --model (a checkpoint) or --init (a config.json for a fresh model)")
+        if self.data is None and not self.synthetic:
+            raise StatexError("no training data: give --data and/or --synthetic")
+        for name in ("seq_len", "batch_size", "grad_accum", "steps", "save_every", "keep", "log_every"):
+            if getattr(self, name) < 1:
+                raise StatexError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.warmup < 0 or self.heldout_sequences < 0 or self.eval_every < 0:
+            raise StatexError("--warmup, --heldout-sequences and --eval-every must be >= 0")
+        choices = {"schedule": ("cosine", "constant", "wsd"), "precision": ("fp32", "bf16", "pure-bf16"),
+                   "on_nonfinite": ("stop", "skip"), "device": ("auto", "cpu", "cuda")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise StatexError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
+                                  f"got {getattr(self, name)!r}")
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise StatexError("need 0 <= --min-lr <= --lr and --lr > 0")
+        if not 0 < self.decay_fraction <= 1:
+            raise StatexError("--decay-fraction must be in (0, 1]")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise StatexError(f"{path}: cannot read the config file ({exc.strerror})") from None
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise StatexError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    else:
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise StatexError(f"{path}: invalid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise StatexError(f"{path}: the config file must hold a mapping of option names to values")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def resolve_config(file_values: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults, then the config file's values, then explicitly given flags."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    merged: dict[str, Any] = {}
+    for source, values in (("config file", file_values or {}), ("flags", overrides or {})):
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise StatexError(f"unknown training option(s) in {source}: {', '.join(unknown)}")
+        merged.update(values)
+    try:
+        return TrainConfig(**merged).validate()
+    except TypeError as exc:
+        raise StatexError(str(exc)) from None

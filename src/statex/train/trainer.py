@@ -1,0 +1,356 @@
+"""The training loop shared by pretraining, LPT and StateX post-training (they differ only in the model given
+and the expansion options). One process, or several under ``torchrun`` (DDP or FSDP2)."""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import signal
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from statex.data import load_tokenizer
+from statex.data.cache import build_token_cache
+from statex.data.dataset import TrainStream, load_packed, parse_synthetic
+from statex.errors import StatexError
+from statex.train import distributed
+from statex.train.checkpoint import checkpoint_dirs, load_latest_checkpoint, rng_state, save_checkpoint, set_rng_state
+from statex.train.config import TrainConfig
+from statex.train.schedule import learning_rate
+
+
+class TrainingStopped(StatexError):
+    """The run stopped before its last step (a non-finite loss, or too many skipped steps)."""
+
+
+class TrainingInterrupted(StatexError):
+    """SIGINT / SIGTERM: a checkpoint was written; ``exit_code`` is 128 + the signal number."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Run (or resume) a training run; returns a summary ({"steps", "final_loss", "heldout_loss", "out", ...})."""
+    config.validate()
+    env = distributed.setup(config.device)
+    try:
+        return _Run(config, env).run()
+    finally:
+        distributed.teardown()
+
+
+def build_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on parameters with two or more dimensions, none on the rest."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class _Run:
+    def __init__(self, config: TrainConfig, env: distributed.Dist):
+        self.config, self.env = config, env
+        self.out = Path(config.out)
+        self.signal_received: int | None = None
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        existing = checkpoint_dirs(self.out)
+        if existing and not config.resume:
+            raise StatexError(f"{self.out} already holds checkpoints of a run (latest {existing[-1].name}); pass "
+                              "--resume to continue it or choose another --out")
+        if env.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+
+        self.tokenizer = load_tokenizer(config.tokenizer)
+        self.stream = self._build_stream()
+        loaded = load_latest_checkpoint(self.out) if config.resume else None
+        if config.resume and loaded is None and env.main:
+            warnings.warn(f"--resume: {self.out} has no checkpoint yet; starting a fresh run", stacklevel=2)
+        self.model, state = self._build_model(loaded)
+        self.wrapped = distributed.wrap(self.model, env, config.fsdp)
+        self.optimizer = torch.optim.AdamW(build_param_groups(self.model, config.weight_decay), lr=config.lr,
+                                           betas=(config.beta1, config.beta2), eps=config.eps)
+        self.step, self.position = 0, 0
+        if state is not None:
+            self._load_optimizer_state(state["optimizer"])
+            set_rng_state(state["rng"])
+            self.step, self.position = state["step"], state["data_position"]
+            if env.main:
+                print(f"resumed from {loaded[2]} at step {self.step}")
+        self.tokens_per_step = env.world * config.batch_size * config.grad_accum * config.seq_len
+        self.metrics_path = self.out / "metrics.jsonl"
+        if env.main:
+            self._trim_metrics()
+            (self.out / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        self.writer = None
+        if config.tensorboard and env.main:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise StatexError("--tensorboard needs the tensorboard package (pip install tensorboard)") from None
+            self.writer = SummaryWriter(str(self.out / "tensorboard"))
+
+    # ---- setup -------------------------------------------------------------------------------------------------
+
+    def _build_stream(self) -> TrainStream:
+        config, env = self.config, self.env
+        packed = None
+        if config.data is not None:
+            cache_dir = config.cache_dir or self.out / "token-cache"
+            if env.main:
+                build_token_cache(config.data, self.tokenizer, cache_dir, config.text_field,
+                                  show_progress=config.progress)
+            env.barrier()
+            path = build_token_cache(config.data, self.tokenizer, cache_dir, config.text_field, show_progress=False)
+            packed = load_packed(path, config.seq_len, config.heldout_sequences)
+        return TrainStream(packed, config.seq_len, config.seed, self.tokenizer, parse_synthetic(config.synthetic),
+                           config.text_weight)
+
+    def _build_model(self, loaded):
+        from statex import build_model, expand, load_config, load_model
+
+        config = self.config
+        state = None
+        if loaded is not None:
+            model, state, _ = loaded
+        elif config.model is not None:
+            model = load_model(config.model)
+        else:
+            model_config, _ = load_config(config.init)
+            model = build_model(model_config, seed=config.seed)
+        if loaded is None and config.expand_layers is not None:
+            model = expand(model, config.expand_layers, mode=config.mode, heads=config.heads, factor=config.factor,
+                           seed=config.seed if config.expand_seed is None else config.expand_seed,
+                           keep_attn_norm=config.keep_attn_norm, keep_ssm_params=config.keep_ssm_params,
+                           dt_init=config.dt_init)
+        if self.tokenizer.vocab_size > model.config.vocab_size:
+            raise StatexError(f"the tokenizer has {self.tokenizer.vocab_size} tokens but the model's vocabulary has "
+                              f"{model.config.vocab_size}: wrong tokenizer for this model")
+        model = model.to(torch.bfloat16 if config.precision == "pure-bf16" else torch.float32)
+        model.gradient_checkpointing = config.grad_checkpoint
+        return model.to(self.env.device).train(), state
+
+    # ---- the loop ----------------------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        config, env = self.config, self.env
+        handlers = self._install_signal_handlers()
+        bar = tqdm(total=config.steps, initial=self.step, desc="train", unit="step",
+                   disable=not (env.main and config.progress), dynamic_ncols=True)
+        window_start, window_tokens = time.perf_counter(), 0
+        skipped, last_loss, heldout = 0, float("nan"), None
+        try:
+            while self.step < config.steps:
+                loss, grad_norm, lr = self._train_step()
+                self.position += self.tokens_per_step // config.seq_len
+                if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    skipped += 1
+                    message = (f"non-finite loss or gradient at step {self.step + 1} (loss {loss}, grad norm "
+                               f"{grad_norm})")
+                    if config.on_nonfinite == "stop":
+                        raise TrainingStopped(message + "; lower --lr, use --precision fp32, or pass "
+                                                        "--on-nonfinite skip")
+                    if skipped > config.max_skips:
+                        raise TrainingStopped(f"{message}: {skipped} steps in a row skipped, stopping")
+                    warnings.warn(message + ": step skipped", stacklevel=1)
+                    self.step += 1
+                    continue
+                skipped = 0
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                last_loss = loss
+                window_tokens += self.tokens_per_step
+                bar.update(1)
+                last = self.step == config.steps
+                if self.step % config.log_every == 0 or last:
+                    elapsed = time.perf_counter() - window_start
+                    record = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                              "tokens_per_s": window_tokens / max(elapsed, 1e-9),
+                              "tokens": self.step * self.tokens_per_step}
+                    self._log(record)
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
+                    window_start, window_tokens = time.perf_counter(), 0
+                eval_every = config.eval_every or config.save_every
+                if self.step % eval_every == 0 or last:
+                    heldout = self.heldout_loss()
+                    if heldout is not None:
+                        self._log({"step": self.step, "heldout_loss": heldout,
+                                   "heldout_ppl": math.exp(min(heldout, 50.0))})
+                if self.step % config.save_every == 0 or last:
+                    self.save()
+                saved = self.step % config.save_every == 0 or last
+                if env.any(self.signal_received is not None):
+                    number = self.signal_received or signal.SIGTERM
+                    if not saved:
+                        self.save()
+                    raise TrainingInterrupted(f"{signal.Signals(number).name} received: checkpoint of step "
+                                              f"{self.step} written to {self.out / 'checkpoints'}; continue with "
+                                              "--resume", 128 + int(number))
+                if config.stop_at_step is not None and self.step >= config.stop_at_step and not last:
+                    if not saved:
+                        self.save()
+                    if env.main:
+                        print(f"stopped at step {self.step} (--stop-at-step); continue with --resume")
+                    return {"out": str(self.out), "steps": self.step, "final_loss": last_loss,
+                            "heldout_loss": heldout, "stopped": True, "rank": env.rank}
+        finally:
+            bar.close()
+            self._restore_signal_handlers(handlers)
+            if self.writer is not None:
+                self.writer.close()
+        final = self._unwrapped_for_save()  # a collective under FSDP: every rank takes part
+        if env.main:
+            final.save_pretrained(self.out / "final")
+        env.barrier()
+        return {"out": str(self.out), "steps": self.step, "final_loss": last_loss, "heldout_loss": heldout,
+                "final_model": str(self.out / "final"), "stopped": False, "rank": env.rank}
+
+    def _autocast(self):
+        if self.config.precision != "bf16":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.env.device.type, dtype=torch.bfloat16)
+
+    def _train_step(self) -> tuple[float, float, float]:
+        config, env = self.config, self.env
+        lr = learning_rate(self.step, config.steps, config.lr, config.min_lr, config.warmup, config.schedule,
+                           config.decay_fraction)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total = 0.0
+        for micro in range(config.grad_accum):
+            start = self.position + (micro * env.world + env.rank) * config.batch_size
+            ids, labels = self.stream.batch(start, config.batch_size)
+            ids, labels = ids.to(env.device), labels.to(env.device)
+            last_micro = micro == config.grad_accum - 1
+            no_sync = getattr(self.wrapped, "no_sync", None)
+            sync_context = no_sync() if (no_sync is not None and not last_micro) else contextlib.nullcontext()
+            with sync_context:
+                with self._autocast():
+                    loss = self.wrapped(ids, labels=labels).loss
+                (loss / config.grad_accum).backward()
+            total += float(loss.detach()) / config.grad_accum
+        loss_mean = env.mean(total)
+        max_norm = config.clip if config.clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        return loss_mean, float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm), lr
+
+    @torch.no_grad()
+    def heldout_loss(self) -> float | None:
+        """Mean next-token loss over the held-out sequences (text data), or over as many synthetic sequences
+        drawn from a separate stream when the run has no text."""
+        config, env = self.config, self.env
+        count = config.heldout_sequences
+        if count == 0:
+            return None
+        packed = self.stream.data
+        if packed is not None:
+            count = min(count, packed.heldout_sequences)
+        else:
+            held = TrainStream(None, config.seq_len, config.seed + 7_919, self.tokenizer, self.stream.synthetic)
+        self.model.eval()
+        loss_sum = tokens = 0.0
+        for start in range(env.rank * config.batch_size, count, env.world * config.batch_size):
+            indices = range(start, min(start + config.batch_size, count))
+            if packed is not None:
+                ids = torch.stack([packed.heldout(i) for i in indices])
+                labels = ids.clone()
+            else:
+                ids, labels = held.batch(start, len(indices))
+            ids, labels = ids.to(env.device), labels.to(env.device)
+            with self._autocast():
+                logits = self.wrapped(ids).logits.float()
+            targets = labels[:, 1:]
+            losses = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(),
+                                                       ignore_index=-100, reduction="sum")
+            loss_sum += float(losses)
+            tokens += float((targets != -100).sum())
+        self.model.train()
+        loss_sum, tokens = env.sum(loss_sum, tokens)
+        return loss_sum / tokens if tokens else None
+
+    # ---- bookkeeping -------------------------------------------------------------------------------------------
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if not self.env.main:
+            return
+        with self.metrics_path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.writer.add_scalar(key, value, record["step"])
+
+    def _trim_metrics(self) -> None:
+        """On resume, drop records of steps after the checkpoint (a run that died after its last save)."""
+        if not self.metrics_path.exists():
+            return
+        kept = [line for line in self.metrics_path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= self.step]
+        self.metrics_path.write_text("".join(line + "\n" for line in kept))
+
+    def _unwrapped_for_save(self):
+        if not self.config.fsdp or not self.env.enabled:
+            return self.model
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        from statex import build_model
+
+        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        copy = build_model(self.model.config, device="meta")
+        copy.load_state_dict(full, assign=True, strict=False)
+        copy.tie_weights()
+        return copy
+
+    def _optimizer_state(self) -> dict[str, Any]:
+        if not self.config.fsdp or not self.env.enabled:
+            return self.optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        return get_optimizer_state_dict(self.model, self.optimizer,
+                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def _load_optimizer_state(self, state: dict[str, Any]) -> None:
+        if not self.config.fsdp or not self.env.enabled:
+            self.optimizer.load_state_dict(state)
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(self.model, self.optimizer, optim_state_dict=state,
+                                 options=StateDictOptions(full_state_dict=True))
+
+    def save(self) -> None:
+        model = self._unwrapped_for_save()
+        optimizer = self._optimizer_state()
+        if self.env.main:
+            state = {"step": self.step, "data_position": self.position, "optimizer": optimizer,
+                     "rng": rng_state(), "config": self.config.to_dict(), "world_size": self.env.world}
+            save_checkpoint(self.out, self.step, model, state, self.config.keep)
+        self.env.barrier()
+
+    def _install_signal_handlers(self):
+        def handler(signum, frame):
+            self.signal_received = signum
+
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[sig] = signal.signal(sig, handler)
+            except ValueError:  # not the main thread
+                pass
+        return previous
+
+    @staticmethod
+    def _restore_signal_handlers(previous) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
