@@ -197,6 +197,51 @@ def _cmd_tokenizer_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(text: str | None, parse=int):
+    if text is None:
+        return None
+    try:
+        return [parse(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise statex.StatexError(f"cannot read the list {text!r}") from None
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from statex.eval import evaluate, markdown_table, model_names, write_report
+    from statex.eval.common import parse_length
+
+    out = Path(args.out)
+    if not args.tasks and not args.lm_eval:
+        raise statex.StatexError("nothing to do: give --tasks and/or --lm-eval")
+    tasks = [t for t in (args.tasks or "").split(",") if t]
+    tokenizer = _resolve_tokenizer(args.tokenizer, args.models[0])
+    names = model_names(args.models)
+    models = {name: statex.load_model(path) for name, path in zip(names, args.models)}
+    options = dict(
+        lengths=_int_list(args.lengths, parse_length), depths=_int_list(args.depths, float),
+        pairs=_int_list(args.pairs), mqar_lengths=_int_list(args.mqar_lengths, parse_length),
+        niah_variants=_int_list(args.niah_variants), niah_keys=args.niah_keys, haystack=args.haystack,
+        recall_files=[f for f in (args.recall_files or "").split(",") if f] or None,
+        qa_max_tokens=args.qa_max_tokens, ppl_file=args.ppl_file, icl_file=args.icl_file,
+        shots=_int_list(args.shots))
+    records = []
+    if tasks:
+        records = evaluate(models, tasks, tokenizer, seed=args.seed, n=args.n, batch_size=args.batch_size,
+                           prefill_chunk=args.prefill_chunk, **options)
+    if args.lm_eval:
+        try:
+            from statex.eval.lm_eval_adapter import run_lm_eval
+        except ImportError as exc:
+            raise statex.StatexError(str(exc)) from None
+        for name, model in models.items():
+            records += run_lm_eval(model, name, tokenizer, args.lm_eval.split(","), limit=args.lm_eval_limit,
+                                   include_path=args.lm_eval_include)
+    written = write_report(records, out, plots=not args.no_plots)
+    print(markdown_table(records))
+    print("wrote " + ", ".join(str(p) for p in written.values()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="statex", description="StateX: recurrent state expansion for GLA and Mamba2 LMs")
     parser.add_argument("--version", action="version", version=f"statex {statex.__version__}")
@@ -250,6 +295,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-id", type=int, action="append", help="token id that ends generation (repeatable)")
     p.add_argument("--no-eos-stop", action="store_true", help="do not stop at the tokenizer's end token")
     p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("eval", help="evaluate models: passkey, niah, mqar, recall, ppl, icl, lm-eval tasks",
+                       description="Writes OUT/results.json, OUT/report.md (models side by side) and PNG plots.")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="model directories")
+    p.add_argument("--tasks", help="comma-separated: passkey,niah,mqar,recall,ppl,icl")
+    p.add_argument("--tokenizer", help="'bytes' or a tokenizer.json (default: MODEL/tokenizer.json, else bytes)")
+    p.add_argument("--lengths", help="context lengths in tokens, e.g. 512,1k,4k (passkey, niah, mqar, ppl)")
+    p.add_argument("--depths", help="needle depths in [0, 1], e.g. 0,0.25,0.5,0.75,1")
+    p.add_argument("--pairs", help="MQAR key-value pairs, e.g. 8,16,32,64")
+    p.add_argument("--mqar-lengths", help="MQAR sequence lengths (default: --lengths, else 256,512)")
+    p.add_argument("--niah-variants", help="RULER single-needle variants: 1 (repeated noise), 2 (essay: needs "
+                                           "--haystack), 3 (UUID values); default 1")
+    p.add_argument("--niah-keys", type=int, help="needles with distinct keys (multi-key NIAH); default 1")
+    p.add_argument("--haystack", help="a local text file for NIAH variant 2")
+    p.add_argument("--recall-files", help="Based/JRT JSONL files, comma-separated (task recall)")
+    p.add_argument("--qa-max-tokens", type=int, help="truncate recall contexts around the answer to N tokens")
+    p.add_argument("--ppl-file", help="local text file for the ppl task")
+    p.add_argument("--icl-file", help="JSONL of text and label for the icl task")
+    p.add_argument("--shots", help="ICL demonstrations, e.g. 0,4,16")
+    p.add_argument("--n", type=int, default=20, help="examples per setting (default 20)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--prefill-chunk", type=int, default=2048, help="tokens per prefill piece (flat memory)")
+    p.add_argument("--lm-eval", help="lm-evaluation-harness tasks, e.g. piqa,hellaswag (needs statex[eval])")
+    p.add_argument("--lm-eval-limit", type=int, help="examples per lm-eval task")
+    p.add_argument("--lm-eval-include", help="directory of extra lm-eval task YAMLs")
+    p.add_argument("--out", default="out/eval")
+    p.add_argument("--no-plots", action="store_true")
+    p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("train", help="pretrain or post-train (LPT / StateX) a model",
                        description="Train with AdamW (decay on >= 2-dim parameters). A StateX run and an LPT run "

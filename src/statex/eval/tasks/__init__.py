@@ -1,0 +1,13 @@
+"""Evaluation tasks. Each module has a deterministic generator (by seed) and a scorer, and ``run(ctx)``."""
+from statex.eval.tasks import icl, mqar, niah, passkey, ppl, recall_qa
+
+TASKS = {
+    "passkey": passkey.run,
+    "niah": niah.run,
+    "mqar": mqar.run,
+    "recall": recall_qa.run,
+    "ppl": ppl.run,
+    "icl": icl.run,
+}
+
+__all__ = ["TASKS"]

@@ -1,0 +1,104 @@
+"""RULER-style needle in a haystack (single-needle variants 1, 2, 3; multi-key as an option).
+
+Needle "One of the special magic numbers for {key} is: {value}." at a depth; the question and answer prefix of
+RULER; single_1: the repeated-sentence haystack, single_2: any local text (``--haystack FILE``, e.g. essays),
+single_3: UUID values instead of 7-digit numbers. Score: the fraction of references contained in the output.
+multikey: ``--niah-keys K`` needles with distinct keys, one of them asked for.
+"""
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import torch
+
+from statex.eval.common import EvalContext, Record, fraction_contained, greedy_generate, stable_seed
+from statex.errors import StatexError
+
+NEEDLE = "One of the special magic numbers for {key} is: {value}.\n"
+QUESTION = "\nWhat are all the special magic numbers for {key} mentioned in the provided text?"
+ANSWER_PREFIX = " The special magic number for {key} mentioned in the provided text is"
+NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.\n"
+PREFIX = ("Some special magic numbers are hidden within the following text. Make sure to memorize it. "
+          "I will quiz you about the numbers afterwards.\n")
+KEY_WORDS = ("apple", "river", "violet", "falcon", "marble", "harbor", "cactus", "meadow", "copper", "lantern",
+             "orchid", "glacier", "pepper", "walnut", "thunder", "saffron", "pebble", "canyon", "willow", "quartz")
+DEFAULT_LENGTHS = (1024, 2048, 4096)
+DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def _value(gen: torch.Generator, variant: int) -> str:
+    if variant == 3:
+        return str(uuid.UUID(int=int(torch.randint(0, 2**62, (1,), generator=gen)) << 64
+                             | int(torch.randint(0, 2**62, (1,), generator=gen))))
+    return str(int(torch.randint(1_000_000, 10_000_000, (1,), generator=gen)))
+
+
+def generate_examples(tokenizer, length: int, depth: float, n: int, seed: int, variant: int = 1, keys: int = 1,
+                      haystack: str | None = None):
+    """n (prompt ids, references) pairs. The asked needle sits at ``depth``; other keys' needles (multi-key)
+    are spread evenly through the haystack."""
+    if variant == 2 and haystack is None:
+        raise StatexError("niah variant 2 (essay haystack) needs --haystack FILE (any long local text)")
+    gen = torch.Generator().manual_seed(stable_seed(seed, length, round(depth * 1000), variant, keys, "niah"))
+    examples = []
+    for _ in range(n):
+        names = [KEY_WORDS[int(i)] for i in torch.randperm(len(KEY_WORDS), generator=gen)[:keys]]
+        values = [_value(gen, variant) for _ in names]
+        needles = [(depth, NEEDLE.format(key=names[0], value=values[0]))]
+        needles += [((i + 1) / keys, NEEDLE.format(key=k, value=v)) for i, (k, v) in enumerate(zip(names[1:],
+                                                                                               values[1:]))]
+        suffix = QUESTION.format(key=names[0]) + ANSWER_PREFIX.format(key=names[0])
+        ids = build_prompt(tokenizer, length, needles, suffix, None if variant != 2 else haystack)
+        examples.append((ids, [values[0]]))
+    return examples
+
+
+def build_prompt(tokenizer, length: int, needles: list[tuple[float, str]], suffix: str, haystack: str | None):
+    prefix, tail = tokenizer.encode(PREFIX), tokenizer.encode(suffix)
+    needle_ids = [(d, tokenizer.encode(text)) for d, text in needles]
+    budget = max(0, length - len(prefix) - len(tail) - sum(len(n) for _, n in needle_ids))
+    if haystack is None:
+        unit = tokenizer.encode(NOISE)
+        sentences = [unit] * max(1, -(-budget // len(unit)))
+    else:
+        text_ids = tokenizer.encode(haystack)
+        if not text_ids:
+            raise StatexError("the haystack text is empty")
+        while len(text_ids) < budget:
+            text_ids = text_ids + text_ids
+        sentences = [[t] for t in text_ids[:budget]]
+    hay = [t for s in sentences for t in s][:budget]
+    boundaries = list(range(0, len(hay) + 1, len(sentences[0]) if haystack is None else 1))
+    inserts = sorted(((min(boundaries, key=lambda b: abs(b - d * len(hay))), n) for d, n in needle_ids),
+                     key=lambda x: x[0])
+    out, previous = list(prefix), 0
+    for cut, needle in inserts:
+        out += hay[previous:cut] + needle
+        previous = cut
+    return out + hay[previous:] + tail
+
+
+def run(ctx: EvalContext) -> list[Record]:
+    lengths = ctx.options.get("lengths") or DEFAULT_LENGTHS
+    depths = ctx.options.get("depths") or DEFAULT_DEPTHS
+    variants = ctx.options.get("niah_variants") or (1,)
+    keys = ctx.options.get("niah_keys") or 1
+    haystack_path = ctx.options.get("haystack")
+    haystack = Path(haystack_path).read_text(errors="replace") if haystack_path else None
+    if 2 in variants and haystack is None:
+        raise StatexError("niah variant 2 (essay haystack) needs --haystack FILE (any long local text)")
+    records = []
+    bar = ctx.bar(len(variants) * len(lengths) * len(depths) * ctx.n, "niah")
+    for variant in variants:
+        max_new = 40 if variant == 3 else 16
+        for length in lengths:
+            for depth in depths:
+                examples = generate_examples(ctx.tokenizer, length, depth, ctx.n, ctx.seed, variant, keys, haystack)
+                outputs = greedy_generate(ctx, [e[0] for e in examples], max_new, on_done=bar.update)
+                value = sum(fraction_contained(o, refs) for o, (_, refs) in zip(outputs, examples)) / len(examples)
+                name = f"niah_single_{variant}" if keys == 1 else f"niah_multikey_{variant}"
+                records.append(Record(ctx.model_name, name, f"length={length} depth={depth:.2f}", "accuracy",
+                                      value, len(examples), {"length": length, "depth": depth, "keys": keys}))
+    bar.close()
+    return records

@@ -1,0 +1,55 @@
+"""Held-out loss and perplexity of a local text file, overall and by position bucket (long-context behaviour).
+
+The text is tokenised, cut into windows of the largest ``--lengths`` value (one window per example, at most
+``--n``), and scored in pieces with the recurrent state carried. Buckets: [0, 128), [128, 256), [256, 512), ...
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from statex.errors import StatexError
+from statex.eval.common import EvalContext, Record, token_logprobs
+
+
+def buckets(length: int, first: int = 128) -> list[tuple[int, int]]:
+    edges, edge = [0], first
+    while edge < length:
+        edges.append(edge)
+        edge *= 2
+    edges.append(length)
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def run(ctx: EvalContext) -> list[Record]:
+    path = ctx.options.get("ppl_file")
+    if not path:
+        raise StatexError("task ppl needs --ppl-file FILE (local text)")
+    text = Path(path).read_text(errors="replace")
+    ids = ctx.tokenizer.encode(text)
+    length = max(ctx.options.get("lengths") or [2048])
+    windows = [ids[i:i + length] for i in range(0, len(ids) - length + 1, length)][:ctx.n]
+    if not windows:
+        raise StatexError(f"{path}: {len(ids)} tokens, fewer than one window of {length}")
+    device = next(ctx.model.parameters()).device
+    losses = []
+    bar = ctx.bar(len(windows), "ppl")
+    for start in range(0, len(windows), ctx.batch_size):
+        batch = torch.tensor(windows[start:start + ctx.batch_size], device=device)
+        losses.append(token_logprobs(ctx.model, batch, ctx.prefill_chunk).cpu())
+        bar.update(batch.shape[0])
+    bar.close()
+    losses = torch.cat(losses)  # [windows, length - 1]; column t is the loss of predicting token t + 1
+    name = Path(path).stem
+    mean = float(losses.mean())
+    records = [Record(ctx.model_name, "ppl", f"file={name} all", "loss", mean, losses.numel(), {"length": length}),
+               Record(ctx.model_name, "ppl", f"file={name} all", "perplexity", math.exp(min(mean, 50)),
+                      losses.numel(), {"length": length})]
+    for lo, hi in buckets(length):
+        part = losses[:, max(0, lo - 1):hi - 1]
+        if part.numel():
+            records.append(Record(ctx.model_name, "ppl", f"file={name} positions={lo}-{hi}", "loss",
+                                  float(part.mean()), part.numel(), {"start": lo, "end": hi}))
+    return records
