@@ -42,8 +42,8 @@ class DemoSettings:
     families: list[FamilySettings]
     base_seq_len: int = 128
     post_seq_len: int = 512
-    base_steps: int = 1500
-    post_steps: int = 400
+    base_steps: int = 800
+    post_steps: int = 250
     base_batch: int = 32
     post_batch: int = 8
     base_pairs: tuple[int, int] = (2, 12)

@@ -15,7 +15,7 @@ from statex.io.weights import find_weight_file, load_into, read_tensors
 
 def _config_path(path: str | Path) -> Path:
     path = Path(path)
-    if path.is_file() and path.name == "config.json":
+    if path.is_file() and path.suffix == ".json":
         return path
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory")

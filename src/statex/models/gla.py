@@ -61,7 +61,7 @@ class GLAMixer(nn.Module):
         return GLAState(recurrent, conv)
 
     def forward(
-        self, x: torch.Tensor, state: GLAState | None = None, chunk_size: int = 64
+        self, x: torch.Tensor, state: GLAState | None = None, chunk_size: int = 32
     ) -> tuple[torch.Tensor, GLAState]:
         """x: [B, T, d_model] -> (out [B, T, d_model], state after the last token)."""
         batch, length, _ = x.shape

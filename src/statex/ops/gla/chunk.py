@@ -1,6 +1,7 @@
 """Chunked parallel form of GLA (per-key-channel decay), pure torch.
 
-The sequence is cut into chunks of ``chunk_size`` tokens. Across chunks the state is carried by
+The sequence is cut into chunks of ``chunk_size`` tokens (default 32, sub-chunks of 8: the fastest on CPU
+from tiny to GLA-1.3B head sizes in bench measurements). Across chunks the state is carried by
 ``scan_chunk_states`` (one [K, V] state per chunk is kept, so memory is linear in T). Inside a chunk the
 output is ``o_t = q_t S_in decayed + sum_{s<=t in chunk} (sum_k q_tk k_sk exp(b_tk - b_sk)) v_s`` where b is
 the in-chunk cumulative log decay.
@@ -28,8 +29,8 @@ def chunk_gla(
     g: torch.Tensor,  # [B, T, H, K] log decay, <= 0
     scale: float | None = None,
     initial_state: torch.Tensor | None = None,  # [B, H, K, V]
-    chunk_size: int = 64,
-    sub_chunk: int = 16,
+    chunk_size: int = 32,
+    sub_chunk: int = 8,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (o [B, T, H, V], final state [B, H, K, V] in the compute dtype)."""
     if chunk_size % sub_chunk != 0:
@@ -77,7 +78,8 @@ def chunk_gla(
     causal = torch.ones(sub_chunk, sub_chunk, dtype=torch.bool, device=q.device).tril()
     exponent = b_s.unsqueeze(-2) - b_s.unsqueeze(-3)  # [B, H, N, S, c(t), c(s), K]
     exponent = exponent.masked_fill(~causal[:, :, None], float("-inf"))
-    diag = torch.einsum("...tk,...sk,...tsk->...ts", q_s, k_s, exponent.exp())  # [B, H, N, S, c, c]
+    # elementwise then a sum: einsum would turn this into a batch of 1x1 matmuls, which is far slower on CPU
+    diag = (q_s.unsqueeze(-2) * exponent.exp() * k_s.unsqueeze(-3)).sum(-1)  # [B, H, N, S, c, c]
     eye = torch.eye(n_sub, dtype=dtype, device=q.device)[:, :, None, None]
     scores = scores + eye * diag.unsqueeze(-3)
 
