@@ -31,11 +31,12 @@ def test_verdict_rule():
         return {"family": "gla", "variant": variant, "task": task, "value": value}
 
     records = [rec("lpt", "mqar", 0.5), rec("lpt", "passkey", 0.5), rec("lpt", "heldout_loss", 1.0),
-               rec("statex-a", "mqar", 0.7), rec("statex-a", "passkey", 0.5), rec("statex-a", "heldout_loss", 1.02),
+               rec("statex-a", "mqar", 0.7), rec("statex-a", "passkey", 0.5), rec("statex-d", "mqar", 0.51),
+               rec("statex-d", "passkey", 0.5), rec("statex-d", "heldout_loss", 1.0), rec("statex-a", "heldout_loss", 1.02),
                rec("statex-b", "mqar", 0.9), rec("statex-b", "passkey", 0.9), rec("statex-b", "heldout_loss", 1.2),
                rec("statex-c", "mqar", 0.4), rec("statex-c", "passkey", 0.5), rec("statex-c", "heldout_loss", 1.0)]
     found = {v["variant"]: v["reproduced"] for v in verdicts(records)}
-    assert found == {"statex-a": True, "statex-b": False, "statex-c": False}
+    assert found == {"statex-a": True, "statex-b": False, "statex-c": False, "statex-d": False}
 
 
 def test_filler_is_deterministic_and_settings_are_sane():

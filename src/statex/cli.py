@@ -108,10 +108,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from statex.demo import run_demo
+    from statex.demo import apply_overrides, default_settings, run_demo
 
     families = [f for f in (args.families or "").split(",") if f] or None
-    run_demo(args.out, seed=args.seed, quick=args.quick, families=families, progress=not args.no_progress)
+    modes = [m for m in (args.modes or "").split(",") if m] or None
+    settings = apply_overrides(default_settings(args.quick), modes=modes, expand_layers=args.expand_layers,
+                               heads=args.heads, factor=args.factor)
+    run_demo(args.out, seed=args.seed, quick=args.quick, families=families, progress=not args.no_progress,
+             settings=settings)
     return 0
 
 
@@ -124,6 +128,8 @@ _TRAIN_HELP = {
     "cache_dir": "where the pre-tokenised cache goes (default OUT/token-cache); share it between runs",
     "synthetic": "synthetic sources mixed in by weight, e.g. mqar:0.3,passkey:0.1",
     "text_weight": "weight of the text data in the mixture (default 1)",
+    "loss_average": "tokens (mean over labelled tokens) | sequences (each sequence counts equally: use it when "
+                    "mixing synthetic sequences that label only their answers)",
     "heldout_sequences": "sequences held out of training for the held-out loss (default 16)",
     "batch_size": "sequences per process per micro-step",
     "schedule": "cosine | constant | wsd",
@@ -334,6 +340,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="a few steps only (about 3 minutes): checks the pipeline")
     p.add_argument("--families", help="gla,mamba2 (default both)")
+    p.add_argument("--modes", help="ablation: StateX modes to run (GLA reinit,inherit; Mamba2 reinit,preserve,"
+                                   "copy,zero); default GLA reinit,inherit and Mamba2 reinit,preserve")
+    p.add_argument("--expand-layers", help="ablation: layers to expand (default 1,3 of the 4)")
+    p.add_argument("--heads", type=int, help="ablation: GLA heads after merging (default 1)")
+    p.add_argument("--factor", type=int, help="ablation: Mamba2 d_state factor (default 4)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_demo)
     return parser

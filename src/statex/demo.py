@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,22 +41,22 @@ class FamilySettings:
 @dataclass
 class DemoSettings:
     families: list[FamilySettings]
-    base_seq_len: int = 128
-    post_seq_len: int = 512
-    base_steps: int = 800
+    base_seq_len: int = 64
+    post_seq_len: int = 256
+    base_steps: int = 1000
     post_steps: int = 250
     base_batch: int = 32
     post_batch: int = 8
-    base_pairs: tuple[int, int] = (2, 12)
-    post_pairs: tuple[int, int] = (8, 48)
-    mix: dict[str, float] = field(default_factory=lambda: {"text": 0.3, "mqar": 0.5, "passkey": 0.2})
+    base_pairs: tuple[int, int] = (2, 8)
+    post_pairs: tuple[int, int] = (4, 32)
+    mix: dict[str, float] = field(default_factory=lambda: {"text": 0.1, "mqar": 0.8, "passkey": 0.1})
     corpus_documents: int = 2000
     eval_n: int = 24
-    mqar_lengths: tuple[int, ...] = (128, 256, 512)
-    mqar_pairs: tuple[int, ...] = (8, 16, 32, 48)
-    passkey_lengths: tuple[int, ...] = (256, 512, 1024)
+    mqar_lengths: tuple[int, ...] = (64, 128, 256)
+    mqar_pairs: tuple[int, ...] = (4, 8, 16, 32)
+    passkey_lengths: tuple[int, ...] = (256, 512)
     passkey_depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
-    heldout_length: int = 512
+    heldout_length: int = 256
 
 
 def default_settings(quick: bool = False) -> DemoSettings:
@@ -70,8 +71,8 @@ def default_settings(quick: bool = False) -> DemoSettings:
     if quick:
         settings = dataclasses.replace(
             settings, base_steps=60, post_steps=20, base_batch=8, post_batch=4, corpus_documents=200, eval_n=4,
-            mqar_lengths=(128, 256), mqar_pairs=(8, 16), passkey_lengths=(256, 512), passkey_depths=(0.0, 1.0),
-            heldout_length=256)
+            mqar_lengths=(64, 128), mqar_pairs=(4, 8), passkey_lengths=(256,), passkey_depths=(0.0, 1.0),
+            heldout_length=128)
     return settings
 
 
@@ -126,9 +127,30 @@ def _train(statex, out: Path, model: Path, corpus: Path, seq_len: int, batch: in
         model=str(model), data=str(corpus), tokenizer="bytes", cache_dir=str(out.parent.parent / "token-cache"),
         synthetic=_mixture(settings, pairs), text_weight=settings.mix["text"], seq_len=seq_len, batch_size=batch,
         steps=steps, lr=lr, min_lr=lr / 10, warmup=max(1, steps // 20), schedule="cosine", weight_decay=0.1,
-        beta2=0.98, clip=1.0, seed=seed, out=str(out), save_every=steps, keep=1, log_every=max(1, steps // 20),
+        beta2=0.98, clip=1.0, seed=seed, loss_average="sequences", out=str(out), save_every=steps, keep=1, log_every=max(1, steps // 20),
         heldout_sequences=8, progress=progress, **expansion))
     return statex.train(config)
+
+
+def apply_overrides(settings: DemoSettings, modes: list[str] | None = None, expand_layers: list[int] | str | None = None,
+                    heads: int | None = None, factor: int | None = None) -> DemoSettings:
+    """The ablation knobs of ``statex demo``: StateX modes, expanded layers, GLA heads, Mamba2 factor."""
+    from statex.expand import GLA_MODES, MAMBA2_MODES, select_layers
+
+    families = []
+    for fam in settings.families:
+        fam = dataclasses.replace(fam)
+        if modes:
+            valid = GLA_MODES if fam.family == "gla" else MAMBA2_MODES
+            fam.modes = tuple(m for m in modes if m in valid) or fam.modes
+        if expand_layers is not None:
+            fam.expand_layers = select_layers(expand_layers, fam.model["n_layer"])
+        if heads is not None:
+            fam.heads = heads
+        if factor is not None:
+            fam.factor = factor
+        families.append(fam)
+    return dataclasses.replace(settings, families=families)
 
 
 def run_demo(out: str | Path = "out/demo", seed: int = 0, quick: bool = False, families: list[str] | None = None,
@@ -147,6 +169,8 @@ def run_demo(out: str | Path = "out/demo", seed: int = 0, quick: bool = False, f
         if families and fam.family not in families:
             continue
         root = out / fam.family
+        if root.exists():  # the demo owns OUT/<family>: a new run replaces the previous one
+            shutil.rmtree(root)
         _stage(f"[{fam.family}] building the base model", started)
         builder = statex.gla_config if fam.family == "gla" else statex.mamba2_config
         model = statex.build_model(builder(tokenizer.vocab_size, **fam.model), seed=seed)
@@ -207,6 +231,8 @@ def _stage(message: str, started: float) -> None:
 
 # ---- report ------------------------------------------------------------------------------------------------------
 
+RECALL_MARGIN = 0.02  # smaller recall differences are within the noise of the demo's evaluation
+
 
 def _mean(records, family, variant, task) -> float | None:
     values = [r["value"] for r in records if r["family"] == family and r["variant"] == variant and r["task"] == task]
@@ -215,7 +241,7 @@ def _mean(records, family, variant, task) -> float | None:
 
 def verdicts(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """For each family and StateX mode: recall (mean of the MQAR and passkey grid means) vs LPT, and held-out
-    loss vs LPT. Reproduced = better recall than LPT with held-out loss within 5% of LPT's."""
+    loss vs LPT. Reproduced = recall at least RECALL_MARGIN above LPT's with held-out loss within 5% of LPT's."""
     out = []
     for family in dict.fromkeys(r["family"] for r in records):
         lpt = {t: _mean(records, family, "lpt", t) for t in ("mqar", "passkey", "heldout_loss")}
@@ -229,7 +255,7 @@ def verdicts(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         "mqar": sx["mqar"], "mqar_lpt": lpt["mqar"], "passkey": sx["passkey"],
                         "passkey_lpt": lpt["passkey"], "heldout_loss": sx["heldout_loss"],
                         "heldout_loss_lpt": lpt["heldout_loss"],
-                        "reproduced": bool(recall_sx > recall_lpt and loss_ratio < 1.05)})
+                        "reproduced": bool(recall_sx >= recall_lpt + RECALL_MARGIN and loss_ratio < 1.05)})
     return out
 
 
@@ -247,8 +273,8 @@ def write_demo_report(out: Path, records: list[dict[str, Any]], settings: DemoSe
              f"Command: `statex demo --seed {seed}{' --quick' if quick else ''}`; {elapsed / 60:.1f} minutes.", "",
              "## Verdicts", "",
              "Claim (paper): StateX recalls better than LPT at an equal post-training budget, with held-out loss "
-             "about equal. Recall = mean of the MQAR grid mean and the passkey grid mean; reproduced = higher "
-             "recall than LPT and held-out loss within 5% of LPT's.", "",
+             "about equal. Recall = mean of the MQAR grid mean and the passkey grid mean; reproduced = recall at "
+             f"least {RECALL_MARGIN} above LPT's and held-out loss within 5% of LPT's.", "",
              "| family | StateX mode | recall (StateX / LPT) | MQAR | passkey | held-out loss | reproduced |",
              "|---|---|---|---|---|---|---|"]
     for v in found:

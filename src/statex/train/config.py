@@ -22,6 +22,7 @@ class TrainConfig:
     cache_dir: str | None = None  # token cache (default OUT/token-cache); share it between runs
     synthetic: Any = None  # "mqar:0.3,passkey:0.1" or a list of {kind, weight, num_pairs}
     text_weight: float = 1.0
+    loss_average: str = "tokens"  # tokens: mean over labelled tokens; sequences: mean of per-sequence means
     heldout_sequences: int = 16
     # optimisation
     seq_len: int = 2048
@@ -78,7 +79,8 @@ class TrainConfig:
         if self.warmup < 0 or self.heldout_sequences < 0 or self.eval_every < 0:
             raise StatexError("--warmup, --heldout-sequences and --eval-every must be >= 0")
         choices = {"schedule": ("cosine", "constant", "wsd"), "precision": ("fp32", "bf16", "pure-bf16"),
-                   "on_nonfinite": ("stop", "skip"), "device": ("auto", "cpu", "cuda")}
+                   "on_nonfinite": ("stop", "skip"), "device": ("auto", "cpu", "cuda"),
+                   "loss_average": ("tokens", "sequences")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise StatexError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "

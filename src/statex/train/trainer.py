@@ -237,13 +237,26 @@ class _Run:
             sync_context = no_sync() if (no_sync is not None and not last_micro) else contextlib.nullcontext()
             with sync_context:
                 with self._autocast():
-                    loss = self.wrapped(ids, labels=labels).loss
+                    loss = self._loss(ids, labels)
                 (loss / config.grad_accum).backward()
             total += float(loss.detach()) / config.grad_accum
         loss_mean = env.mean(total)
         max_norm = config.clip if config.clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         return loss_mean, float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm), lr
+
+    def _loss(self, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.config.loss_average == "tokens":
+            return self.wrapped(ids, labels=labels).loss
+        # every sequence counts equally, however many of its tokens are labelled (synthetic recall sequences
+        # label only their answers; averaged over tokens they would be drowned by fully labelled text)
+        logits = self.wrapped(ids).logits
+        targets = labels[:, 1:]
+        losses = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets,
+                                                   ignore_index=-100, reduction="none")
+        counts = (targets != -100).sum(1)
+        per_sequence = losses.sum(1) / counts.clamp(min=1)
+        return per_sequence[counts > 0].mean()
 
     @torch.no_grad()
     def heldout_loss(self) -> float | None:
