@@ -57,12 +57,6 @@ def test_generate_cli_and_module_entry_point(tmp_path):
     assert result.stdout.rstrip("\n") == expected
 
 
-def test_demo_runs(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
-    assert (tmp_path / "demo" / "gla" / "model.safetensors").exists()
-    assert statex.load_model(tmp_path / "demo" / "mamba2").config.family == "mamba2"
-
-
 def _assert_one_line_error(result, fragment):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
