@@ -1,4 +1,4 @@
-"""The command line: inspect on the paper configs, generate, demo, and one-line errors on bad input."""
+"""The command line: inspect on the paper configs, generate, expand, and one-line errors on bad input."""
 import json
 import subprocess
 import sys
