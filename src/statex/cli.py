@@ -54,9 +54,6 @@ def _cmd_expand(args: argparse.Namespace) -> int:
         raise statex.StatexError(f"{dst}: already exists (use --force to replace it)")
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
     model = statex.load_model(args.src, dtype=dtype)
-    # validate the request on the config before any work on the weights
-    statex.expand_config(model.config, statex.select_layers(args.layers, model.config.n_layer),
-                         heads=args.heads, factor=args.factor)
     expanded = statex.expand(model, args.layers, mode=args.mode, heads=args.heads, factor=args.factor,
                              seed=args.seed, keep_attn_norm=args.keep_attn_norm,
                              keep_ssm_params=args.keep_ssm_params, dt_init=args.dt_init)

@@ -80,10 +80,7 @@ def make_plots(records: list[Record], out: Path) -> dict[str, Path]:
             ax.set_title(f"{model}", fontsize=9)
         fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="accuracy")
         fig.suptitle(task)
-        path = out / f"{task}_heatmap.png"
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        written[f"{task}_heatmap"] = path
+        written[f"{task}_heatmap"] = _save(fig, out / f"{task}_heatmap.png")
     mqar = [r for r in records if r.task == "mqar"]
     if mqar:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -99,10 +96,7 @@ def make_plots(records: list[Record], out: Path) -> dict[str, Path]:
         ax.set_ylim(0, 1.02)
         ax.legend(fontsize=7)
         ax.set_title("MQAR")
-        path = out / "mqar_accuracy.png"
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        written["mqar"] = path
+        written["mqar"] = _save(fig, out / "mqar_accuracy.png")
     ppl = [r for r in records if r.task == "ppl" and "start" in r.params]
     if ppl:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -115,8 +109,13 @@ def make_plots(records: list[Record], out: Path) -> dict[str, Path]:
         ax.set_ylabel("loss")
         ax.legend(fontsize=7)
         ax.set_title("loss by position")
-        path = out / "loss_by_position.png"
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        written["ppl"] = path
+        written["ppl"] = _save(fig, out / "loss_by_position.png")
     return written
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from statex.data.synthetic import PASSKEY_NEEDLE, haystack_prompt, random_passkey
-from statex.eval.common import EvalContext, Record, stable_seed
+from statex.eval.common import EvalContext, Record, greedy_generate, stable_seed
 
 DEFAULT_LENGTHS = (1024, 2048, 4096)
 DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -35,15 +35,10 @@ def run(ctx: EvalContext) -> list[Record]:
     for length in lengths:
         for depth in depths:
             examples = generate_examples(ctx.tokenizer, length, depth, ctx.n, ctx.seed)
-            outputs = ctx_generate(ctx, [e[0] for e in examples], bar)
+            outputs = greedy_generate(ctx, [e[0] for e in examples], MAX_NEW_TOKENS, on_done=bar.update)
             accuracy = sum(score(o, key) for o, (_, key) in zip(outputs, examples)) / len(examples)
             records.append(Record(ctx.model_name, "passkey", f"length={length} depth={depth:.2f}", "accuracy",
                                   accuracy, len(examples), {"length": length, "depth": depth}))
     bar.close()
     return records
 
-
-def ctx_generate(ctx: EvalContext, prompts, bar) -> list[str]:
-    from statex.eval.common import greedy_generate
-
-    return greedy_generate(ctx, prompts, MAX_NEW_TOKENS, on_done=bar.update)
