@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from statex.config import GLASpec
 from statex.models.layers import CausalConv1d, GroupedGatedRMSNorm, RMSNorm
-from statex.ops.gla import chunk_gla, recurrent_gla_step
+from statex.ops import backends
 
 
 @dataclass
@@ -84,10 +84,10 @@ class GLAMixer(nn.Module):
         gk = gk.view(batch, length, heads, self.head_k_dim)
         initial = state.recurrent if state is not None else None
         if length == 1 and initial is not None:
-            o, recurrent = recurrent_gla_step(q[:, 0], k[:, 0], v[:, 0], gk[:, 0], initial, self.scale)
+            o, recurrent = backends.gla_step(q[:, 0], k[:, 0], v[:, 0], gk[:, 0], initial, self.scale)
             o = o.unsqueeze(1)
         else:
-            o, recurrent = chunk_gla(q, k, v, gk, scale=self.scale, initial_state=initial, chunk_size=chunk_size)
+            o, recurrent = backends.gla_chunk(q, k, v, gk, self.scale, initial, chunk_size)
 
         gate = self.g_proj(x).view(batch, length, heads, self.head_v_dim)
         o = self.g_norm_swish_gate(o.to(x.dtype), gate).reshape(batch, length, -1)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from statex.config import Mamba2Spec
 from statex.models.layers import CausalConv1d, GroupedGatedRMSNorm, RMSNorm
-from statex.ops.ssd import chunk_ssd, recurrent_ssd_step
+from statex.ops import backends
 
 
 @dataclass
@@ -85,10 +85,10 @@ class Mamba2Mixer(nn.Module):
         C = C.view(batch, length, spec.ngroups, spec.d_state)
         initial = state.ssm if state is not None else None
         if length == 1 and initial is not None:
-            y, ssm = recurrent_ssd_step(x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], self.D, initial)
+            y, ssm = backends.ssd_step(x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], self.D, initial)
             y = y.unsqueeze(1)
         else:
-            y, ssm = chunk_ssd(x, dt, A, B, C, self.D, initial_state=initial, chunk_size=chunk_size)
+            y, ssm = backends.ssd_chunk(x, dt, A, B, C, self.D, initial, chunk_size)
 
         y = self.norm(y.reshape(batch, length, d_inner).to(u.dtype), z)
         return self.out_proj(y), Mamba2State(ssm, conv_state)

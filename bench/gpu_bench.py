@@ -1,0 +1,362 @@
+"""GPU benchmark: StateX's GLA and Mamba2 layers and the GLA-1.3B model on CUDA (fla kernels via statex.ops.backends).
+
+    python bench/gpu_bench.py --out DIR [--parts peak,layers,decode,model] [--lengths 2048,8192,32768,65536]
+
+Parts (each case runs in its own process with a timeout, so one stuck Triton compile costs only its case):
+- peak: bf16 matmul 8192^3, the TFLOP/s every other figure is compared against.
+- layers: forward+backward of one layer (bf16 weights and activations) at 1.3B shapes over ``--tokens`` tokens
+  per step (batch = tokens / T): statex GLA 4 heads of 256 x 512, statex GLA StateX-merged (1 head of
+  1024 x 2048), fla's own GatedLinearAttention layer at the 4-head shape, statex Mamba2 (d_state 128) and
+  Mamba2 StateX (d_state 512). Tokens/s, peak memory, model TFLOP/s (see ``layer_flops``).
+- decode: tokens/s of one decoding step of the whole GLA-1.3B and Mamba2-1.3B models (random weights,
+  bf16), original and expanded, at batch 1 and 64.
+- model: whole-model training step (autocast bf16, fp32 master weights, AdamW) of GLA-1.3B at T=2048 with and
+  without every:6 expansion.
+Writes DIR/results.jsonl (one JSON object per measurement) and DIR/benchmarks.md (the tables).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+CHUNK = 64  # fla's chunk size, for the FLOP model
+
+# ---- shapes --------------------------------------------------------------------------------------------------------
+
+
+def gla_13b_config(expand_every: int | None = None):
+    import statex
+
+    config = statex.gla_config(vocab_size=32000, d_model=2048, n_layer=24, num_heads=4, expand_k=0.5,
+                               expand_v=1.0, hidden_ratio=4, use_short_conv=False)
+    if expand_every:
+        config = statex.expand_config(config, list(range(0, 24, expand_every)), heads=1)
+    return config
+
+
+def mamba2_13b_config(expand_every: int | None = None):
+    import statex
+
+    config = statex.mamba2_config(vocab_size=50288, d_model=2048, n_layer=48, d_state=128, headdim=64, expand=2,
+                                  ngroups=1, tie_embeddings=True)
+    if expand_every:
+        config = statex.expand_config(config, list(range(0, 48, expand_every)), factor=4)
+    return config
+
+
+def kernel_flops_per_token(heads: int, key_dim: int, value_dim: int) -> float:
+    """Forward+backward FLOPs per token of chunked linear attention (model count, chunk CHUNK): per head,
+    in-chunk scores and outputs 2*C*(K + V), state read and update 4*K*V; backward counted as 2x forward."""
+    return 3 * heads * (2 * CHUNK * (key_dim + value_dim) + 4 * key_dim * value_dim)
+
+
+def layer_flops_per_token(layer: torch.nn.Module, heads: int, key_dim: int, value_dim: int) -> float:
+    matmul = sum(p.numel() for n, p in layer.named_parameters() if p.dim() == 2 and "conv" not in n)
+    return 6 * matmul + kernel_flops_per_token(heads, key_dim, value_dim)
+
+
+def build_layer(name: str):
+    """(module, heads, key dim, value dim per head) for a layer case."""
+    from statex.models.gla import GLAMixer
+    from statex.models.mamba2 import Mamba2Mixer
+
+    if name in ("statex-gla", "statex-gla-statex"):
+        config = gla_13b_config(6 if name.endswith("statex") else None)
+        spec = config.layers[0]
+        return GLAMixer(2048, spec), spec.num_heads, spec.head_k_dim, spec.head_v_dim
+    if name == "fla-gla":
+        from fla.layers.gla import GatedLinearAttention
+
+        layer = GatedLinearAttention(mode="chunk", hidden_size=2048, expand_k=0.5, expand_v=1.0, num_heads=4,
+                                     use_short_conv=False, gate_low_rank_dim=16, norm_eps=1e-6, fuse_norm=True)
+        return layer, 4, 256, 512
+    if name in ("statex-mamba2", "statex-mamba2-statex"):
+        config = mamba2_13b_config(1 if name.endswith("statex") else None)
+        spec = config.layers[0]
+        return Mamba2Mixer(2048, spec), spec.nheads, spec.d_state, spec.headdim
+    raise ValueError(name)
+
+
+# ---- timing ------------------------------------------------------------------------------------------------------
+
+
+def cuda_time(fn, warmup: int = 2, repeats: int = 5) -> float:
+    """Median seconds of fn() over repeats, after warmup calls (first calls compile Triton kernels)."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1000)
+    return sorted(times)[len(times) // 2]
+
+
+def emit(record: dict) -> None:
+    print("RESULT " + json.dumps(record), flush=True)
+
+
+def case_peak(args) -> None:
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    seconds = cuda_time(lambda: a @ b, warmup=3, repeats=10)
+    emit({"part": "peak", "tflops": 2 * 8192**3 / seconds / 1e12})
+
+
+def case_layer(args) -> None:
+    for name in args.name.split("+"):
+        try:
+            layer_lengths(args, name)
+        except Exception as exc:  # one layer failing (e.g. fla's layer missing) does not stop the others
+            emit({"part": "layers", "name": name, "error": f"{type(exc).__name__}: {exc}"[:300]})
+
+
+def layer_lengths(args, name: str) -> None:
+    torch.manual_seed(0)
+    layer, heads, key_dim, value_dim = build_layer(name)
+    layer = layer.to("cuda", torch.bfloat16)
+    flops = layer_flops_per_token(layer, heads, key_dim, value_dim)
+    for length in args.lengths:
+        batch = max(1, args.tokens // length)
+        x = torch.randn(batch, length, 2048, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        grad = torch.randn_like(x)
+
+        def step():
+            out = layer(x)
+            out = out[0] if isinstance(out, tuple) else out
+            out.backward(grad)
+
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        try:
+            seconds = cuda_time(step)
+        except torch.OutOfMemoryError:
+            emit({"part": "layers", "name": name, "T": length, "error": "out of memory"})
+            continue
+        tokens = batch * length
+        emit({"part": "layers", "name": name, "T": length, "batch": batch, "seconds": seconds,
+              "tokens_per_s": tokens / seconds, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+              "tflops": flops * tokens / seconds / 1e12, "flops_per_token": flops,
+              "kernel_flops_per_token": kernel_flops_per_token(heads, key_dim, value_dim)})
+        del x, grad
+    del layer
+    torch.cuda.empty_cache()
+
+
+def _model(name: str):
+    import statex
+
+    family, expanded = name.split(":")
+    builder = gla_13b_config if family == "gla" else mamba2_13b_config
+    every = (6 if family == "gla" else 8) if expanded == "statex" else None
+    torch.manual_seed(0)
+    model = statex.build_model(builder(every), device="cuda", seed=0)
+    return model, family
+
+
+def each_name(case):
+    """Run case(args, name) for every name of a '+'-joined list; a failure is recorded and the next runs."""
+    def run(args) -> None:
+        for name in args.name.split("+"):
+            try:
+                case(args, name)
+            except Exception as exc:
+                emit({"part": case.__name__[5:], "name": name, "error": f"{type(exc).__name__}: {exc}"[:300]})
+            torch.cuda.empty_cache()
+    return run
+
+
+@each_name
+def case_decode(args, name: str) -> None:
+    model, _ = _model(name)
+    model = model.to(torch.bfloat16).eval()
+    for batch in (1, 64):
+        prompt = torch.randint(0, 32000, (batch, 16), device="cuda")
+        with torch.no_grad():
+            out = model(prompt, use_cache=True)
+            state = out.state
+            token = out.logits[:, -1].argmax(-1, keepdim=True)
+
+            def step():
+                model(token, state=state, use_cache=True)
+
+            seconds = cuda_time(step, warmup=3, repeats=20)
+        emit({"part": "decode", "name": name, "batch": batch, "seconds_per_step": seconds,
+              "tokens_per_s": batch / seconds})
+
+
+@each_name
+def case_model(args, name: str) -> None:
+    model, _ = _model(name)
+    model.train()
+    params = sum(p.numel() for p in model.parameters())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    length, batch = 2048, args.model_batch
+    ids = torch.randint(0, 32000, (batch, length), device="cuda")
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    torch.cuda.reset_peak_memory_stats()
+    seconds = cuda_time(step, warmup=2, repeats=5)
+    config = model.config
+    kernel = sum(kernel_flops_per_token(s.num_heads, s.head_k_dim, s.head_v_dim) for s in config.layers)
+    flops = 6 * params + kernel
+    emit({"part": "model", "name": name, "T": length, "batch": batch, "params": params,
+          "seconds": seconds, "tokens_per_s": batch * length / seconds, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+          "tflops": flops * batch * length / seconds / 1e12})
+    del model, optimizer
+
+
+CASES = {"peak": case_peak, "layers": case_layer, "decode": case_decode, "model": case_model}
+
+
+# ---- driver ------------------------------------------------------------------------------------------------------
+
+
+def plan(parts: list[str]) -> list[tuple[str, str]]:
+    cases = []
+    """One process per part (kernels compiled once per process are reused by its cases)."""
+    names = {"peak": ["bf16-matmul"],
+             "layers": ["statex-gla", "fla-gla", "statex-gla-statex", "statex-mamba2", "statex-mamba2-statex"],
+             "model": ["gla:original", "gla:statex"],
+             "decode": ["gla:original", "gla:statex", "mamba2:original", "mamba2:statex"]}
+    return [(part, "+".join(names[part])) for part in names if part in parts]
+
+
+def run_all(args) -> list[dict]:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    log = open(out / "results.jsonl", "a")
+    limits = {k: int(v) for k, _, v in (x.partition("=") for x in args.part_timeouts.split(",") if x)}
+    for part, name in plan(args.parts):
+        cmd = [sys.executable, __file__, "--case", part, "--name", name, "--tokens", str(args.tokens),
+               "--lengths", ",".join(map(str, args.lengths)), "--model-batch", str(args.model_batch)]
+        started = time.time()
+        print(f"== {part} {name}", flush=True)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limits.get(part, args.timeout))
+            output, failed = proc.stdout + proc.stderr, proc.returncode != 0
+        except subprocess.TimeoutExpired as exc:
+            output = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+            failed = f"timed out after {limits.get(part, args.timeout)} s"
+        found = [json.loads(line[7:]) for line in output.splitlines() if line.startswith("RESULT ")]
+        if failed:
+            tail = output.strip().splitlines()[-3:] if isinstance(failed, bool) else [failed]
+            found.append({"part": part, "name": name, "error": " | ".join(tail)[-400:]})
+        for record in found:
+            record["wall_s"] = round(time.time() - started, 1)
+            print("  ", json.dumps(record), flush=True)
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+        results += found
+    (out / "benchmarks.md").write_text(tables(results))
+    print(tables(results))
+    return results
+
+
+def tables(results: list[dict]) -> str:
+    peak = next((r["tflops"] for r in results if r.get("part") == "peak"), None)
+    pct = (lambda t: f"{100 * t / peak:.1f}%") if peak else (lambda t: "-")
+    lines = [f"bf16 matmul peak measured in this run: {peak:.0f} TFLOP/s" if peak else "no peak measured", ""]
+    layer = [r for r in results if r.get("part") == "layers"]
+    if layer:
+        lines += ["| layer | T | batch | fwd+bwd ms | tokens/s | peak GiB | model TFLOP/s | of peak |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in layer:
+            if "error" in r:
+                lines.append(f"| {r['name']} | {r.get('T', '-')} | - | {r['error']} | | | | |")
+                continue
+            lines.append(f"| {r['name']} | {r['T']} | {r['batch']} | {1000 * r['seconds']:.1f} | "
+                         f"{r['tokens_per_s'] / 1e6:.2f} M | {r['peak_gib']:.1f} | {r['tflops']:.0f} | "
+                         f"{pct(r['tflops'])} |")
+        lines.append("")
+        lines += ratio_lines(layer, "statex-gla-statex", "statex-gla")
+        lines += ratio_lines(layer, "statex-mamba2-statex", "statex-mamba2")
+        lines += ratio_lines(layer, "statex-gla", "fla-gla", what="statex / fla layer time")
+    model = [r for r in results if r.get("part") == "model"]
+    if model:
+        lines += ["", "| model | T | batch | step s | tokens/s | peak GiB | model TFLOP/s | of peak |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in model:
+            if "error" in r:
+                lines.append(f"| {r['name']} | | | {r['error']} | | | | |")
+                continue
+            lines.append(f"| {r['name']} | {r['T']} | {r['batch']} | {r['seconds']:.3f} | "
+                         f"{r['tokens_per_s']:,.0f} | {r['peak_gib']:.1f} | {r['tflops']:.0f} | {pct(r['tflops'])} |")
+        by = {r["name"]: r for r in model if "error" not in r}
+        if "gla:original" in by and "gla:statex" in by:
+            share = by["gla:statex"]["tokens_per_s"] / by["gla:original"]["tokens_per_s"]
+            lines.append(f"\nGLA-1.3B every:6 throughput = {100 * share:.1f}% of the unexpanded model's "
+                         f"(target >= 85%: {'met' if share >= 0.85 else 'MISSED'})")
+    decode = [r for r in results if r.get("part") == "decode"]
+    if decode:
+        lines += ["", "| decode | batch | ms per step | tokens/s |", "|---|---|---|---|"]
+        for r in decode:
+            if "error" in r:
+                lines.append(f"| {r['name']} | | {r['error']} | |")
+                continue
+            lines.append(f"| {r['name']} | {r['batch']} | {1000 * r['seconds_per_step']:.2f} | "
+                         f"{r['tokens_per_s']:,.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def ratio_lines(layer: list[dict], num: str, den: str, what: str | None = None) -> list[str]:
+    a = {r["T"]: r for r in layer if r["name"] == num and "error" not in r}
+    b = {r["T"]: r for r in layer if r["name"] == den and "error" not in r}
+    out = []
+    for length in sorted(set(a) & set(b)):
+        time_ratio = a[length]["seconds"] / b[length]["seconds"]
+        if what:
+            out.append(f"- T={length}: {what} = {time_ratio:.2f} (target <= 1.10: "
+                       f"{'met' if time_ratio <= 1.10 else 'MISSED'})")
+        else:
+            flop_ratio = a[length]["flops_per_token"] / b[length]["flops_per_token"]
+            kernel_ratio = a[length]["kernel_flops_per_token"] / b[length]["kernel_flops_per_token"]
+            out.append(f"- T={length}: {num} / {den}: time x{time_ratio:.2f}, layer FLOPs x{flop_ratio:.2f} "
+                       f"(recurrence FLOPs x{kernel_ratio:.2f})")
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="out/gpu-bench")
+    parser.add_argument("--parts", default="peak,layers,model,decode")
+    parser.add_argument("--lengths", default="2048,8192,32768,65536")
+    parser.add_argument("--tokens", type=int, default=65536, help="tokens per layer step (batch = tokens / T)")
+    parser.add_argument("--model-batch", type=int, default=8, help="sequences of 2048 per whole-model step")
+    parser.add_argument("--timeout", type=int, default=600, help="seconds per part's process")
+    parser.add_argument("--part-timeouts", default="", help="per-part limits, e.g. layers=130,model=100")
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--name", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.parts = [p for p in args.parts.split(",") if p]
+    args.lengths = [int(x) for x in args.lengths.split(",") if x]
+    if args.case:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+        CASES[args.case](args)
+        return
+    if not torch.cuda.is_available():
+        sys.exit("gpu_bench.py needs a CUDA GPU")
+    os.environ.setdefault("STATEX_BACKEND", "fla")
+    run_all(args)
+
+
+if __name__ == "__main__":
+    main()

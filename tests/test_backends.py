@@ -1,0 +1,150 @@
+"""The backend layer's math, on CPU: serving a large GLA head as sub-heads, and Mamba2's SSD through a GLA
+kernel, both checked (values, final states, gradients) against the pure-torch ops in fp64; plus dispatch
+and fallback behaviour. tests/test_gpu.py runs the same comparisons with fla's Triton kernels on CUDA."""
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from statex.ops import backends
+from statex.ops.gla import chunk_gla, recurrent_gla_step
+from statex.ops.ssd import chunk_ssd, recurrent_ssd_step
+
+
+def gla_inputs(B=2, T=45, H=2, K=32, V=48, dtype=torch.float64):
+    q, k = torch.randn(B, T, H, K, dtype=dtype), torch.randn(B, T, H, K, dtype=dtype)
+    v = torch.randn(B, T, H, V, dtype=dtype)
+    g = F.logsigmoid(torch.randn(B, T, H, K, dtype=dtype)) / 4
+    s0 = torch.randn(B, H, K, V, dtype=dtype)
+    return q, k, v, g, s0
+
+
+def torch_step_kernel(q, k, v, g, scale, initial_state, state_v_first):
+    """recurrent_gla_step behind the GLAKernel signature ([B, 1, H, D] inputs)."""
+    state = initial_state.transpose(-1, -2) if state_v_first else initial_state
+    o, new = recurrent_gla_step(q[:, 0], k[:, 0], v[:, 0], g[:, 0], state, scale)
+    return o.unsqueeze(1), new.transpose(-1, -2) if state_v_first else new
+
+
+def grads(outputs, inputs, weights):
+    loss = sum((o * w).sum() for o, w in zip(outputs, weights))
+    return torch.autograd.grad(loss, inputs)
+
+
+@pytest.mark.parametrize("blocks", [(8, 16), (16, 48), (32, 12), (8, 24)])
+@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize("state_v_first", [False, True])
+def test_split_heads_equal_merged_head(blocks, with_state, state_v_first):
+    q, k, v, g, s0 = gla_inputs()
+    if state_v_first:
+        s0 = s0.transpose(-1, -2).contiguous()
+    inputs = [t.requires_grad_() for t in (q, k, v, g, s0)]
+    scale = 32**-0.5
+    ref = backends.torch_gla_kernel(*inputs[:4], scale, inputs[4] if with_state else None, state_v_first)
+    got = backends.split_heads_gla(backends.torch_gla_kernel, *inputs[:4], scale,
+                                   inputs[4] if with_state else None, state_v_first,
+                                   max_key_block=blocks[0], max_value_block=blocks[1])
+    assert got[1].shape == ref[1].shape
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got[1], ref[1], rtol=1e-10, atol=1e-10)
+    weights = [torch.randn_like(ref[0]), torch.randn_like(ref[1])]
+    used = inputs if with_state else inputs[:4]
+    for a, b in zip(grads(got, used, weights), grads(ref, used, weights)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_split_heads_decode_step_equals_merged_step():
+    q, k, v, g, s0 = gla_inputs(T=1)
+    ref = torch_step_kernel(q, k, v, g, 0.2, s0, False)
+    got = backends.split_heads_gla(torch_step_kernel, q, k, v, g, 0.2, s0, max_key_block=8, max_value_block=16)
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got[1], ref[1], rtol=1e-10, atol=1e-10)
+
+
+def test_block_sizes():
+    assert backends._block(256, 256) == 256
+    assert backends._block(1024, 256) == 256
+    assert backends._block(2048, 512) == 512
+    assert backends._block(96, 64) == 48
+    assert backends._block(1031, 256) is None  # a prime: no block between MIN_BLOCK and the limit
+    with pytest.raises(ValueError, match="no block size"):
+        q, k, v, g, _ = gla_inputs(K=17 * 19, V=8, T=3)
+        backends.split_heads_gla(backends.torch_gla_kernel, q, k, v, g, 1.0, max_key_block=16)
+
+
+def ssd_inputs(B=2, T=50, H=4, P=8, G=2, N=16, dtype=torch.float64):
+    x = torch.randn(B, T, H, P, dtype=dtype)
+    dt = F.softplus(torch.randn(B, T, H, dtype=dtype))
+    A = -torch.rand(H, dtype=dtype).add(0.5)
+    Bm, Cm = torch.randn(B, T, G, N, dtype=dtype), torch.randn(B, T, G, N, dtype=dtype)
+    D = torch.randn(H, dtype=dtype)
+    s0 = torch.randn(B, H, P, N, dtype=dtype)
+    return x, dt, A, Bm, Cm, D, s0
+
+
+@pytest.mark.parametrize("G", [1, 2, 4])
+@pytest.mark.parametrize("key_block", [16, 8])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_ssd_through_gla_kernel_equals_chunk_ssd(G, key_block, with_state):
+    inputs = [t.requires_grad_() for t in ssd_inputs(G=G)]
+    state = inputs[6] if with_state else None
+    ref = chunk_ssd(*inputs[:6], initial_state=state, chunk_size=16)
+    got = backends.ssd_as_gla(backends.torch_gla_kernel, *inputs[:6], initial_state=state,
+                              max_key_block=key_block)
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got[1], ref[1], rtol=1e-10, atol=1e-10)
+    weights = [torch.randn_like(ref[0]), torch.randn_like(ref[1])]
+    used = inputs if with_state else inputs[:6]
+    for name, a, b in zip(["x", "dt", "A", "B", "C", "D", "state"], grads(got, used, weights),
+                          grads(ref, used, weights)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=f"grad of {name}")
+
+
+def test_ssd_decode_step_through_gla_kernel():
+    x, dt, A, Bm, Cm, D, s0 = ssd_inputs(T=1)
+    ref = recurrent_ssd_step(x[:, 0], dt[:, 0], A, Bm[:, 0], Cm[:, 0], D, s0)
+    got = backends.ssd_as_gla(torch_step_kernel, x, dt, A, Bm, Cm, D, s0, max_key_block=8)
+    torch.testing.assert_close(got[0][:, 0], ref[0], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got[1], ref[1], rtol=1e-10, atol=1e-10)
+
+
+def test_cpu_tensors_run_the_torch_ops(monkeypatch):
+    q, k, v, g, s0 = gla_inputs(dtype=torch.float32)
+    for name in ("auto", "fla"):  # fla is only for CUDA tensors: CPU tensors never need it
+        monkeypatch.setattr(backends, "_backend", name)
+        o, s = backends.gla_chunk(q, k, v, g, 0.3, s0, 16)
+        o_ref, s_ref = chunk_gla(q, k, v, g, scale=0.3, initial_state=s0, chunk_size=16)
+        assert torch.equal(o, o_ref) and torch.equal(s, s_ref)
+    x, dt, A, Bm, Cm, D, s0 = ssd_inputs(dtype=torch.float32)
+    y, s = backends.ssd_chunk(x, dt, A, Bm, Cm, D, s0, 32)
+    y_ref, s_ref = chunk_ssd(x, dt, A, Bm, Cm, D, initial_state=s0, chunk_size=32)
+    assert torch.equal(y, y_ref) and torch.equal(s, s_ref)
+
+
+def test_backend_names_are_checked(monkeypatch):
+    with pytest.raises(ValueError, match="unknown backend"):
+        backends.set_backend("cuda")
+    monkeypatch.setattr(backends, "_backend", "triton")
+    with pytest.raises(ValueError, match="STATEX_BACKEND"):
+        backends.get_backend()
+
+
+def test_a_failing_fast_kernel_falls_back_once_with_a_warning(monkeypatch):
+    monkeypatch.setattr(backends, "_failed", set())
+    monkeypatch.setattr(backends, "_warned", set())
+    calls = []
+
+    def broken():
+        calls.append(1)
+        raise RuntimeError("no kernel for this shape")
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert backends._try_fla("op", (1, 2), broken, lambda: "torch") == "torch"
+        assert backends._try_fla("op", (1, 2), broken, lambda: "torch") == "torch"
+    assert len(calls) == 1  # the shape is remembered: no second attempt
+    assert len([w for w in caught if "using the pure-torch path" in str(w.message)]) == 1
+    monkeypatch.setattr(backends, "_backend", "fla")  # an explicit request for fla never hides its errors
+    with pytest.raises(RuntimeError, match="no kernel"):
+        backends._try_fla("op", (3,), broken, lambda: "torch")

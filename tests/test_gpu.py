@@ -1,0 +1,165 @@
+"""The CUDA fast path (fla's Triton kernels through statex.ops.backends) against the pure-torch path in fp32:
+outputs, final states and gradients on GLA-1.3B and Mamba2-1.3B head shapes, original and StateX-expanded,
+lengths that are not chunk multiples, with and without an initial state; the decode step; and generation
+with the fast path equal to generation with the torch path. Skipped without CUDA and flash-linear-attention
+(CI has neither); run on a GPU machine with ``pytest tests/test_gpu.py``."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import statex
+from statex.ops import backends
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or not backends.fla_available(),
+                                reason="needs CUDA and flash-linear-attention")
+TOLERANCE = 1e-2  # relative error ||fast - ref|| / ||ref|| allowed for bf16 inputs
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def run_both(fn, inputs: list[torch.Tensor], fast_dtype=torch.bfloat16, float_args=()):
+    """fn on the fla path with inputs cast to fast_dtype, and on the torch path in fp32 (the same rounded
+    values, upcast); returns {name: relative error} for outputs and input gradients."""
+    results = {}
+    fast_in = [x.to(fast_dtype if i not in float_args else torch.float32).detach().requires_grad_()
+               for i, x in enumerate(inputs)]
+    ref_in = [x.detach().float().requires_grad_() for x in fast_in]
+    backends.set_backend("fla")
+    try:
+        fast_out = fn(*fast_in)
+    finally:
+        backends.set_backend("torch")
+    try:
+        ref_out = fn(*ref_in)
+    finally:
+        backends.set_backend("auto")
+    weights = [torch.randn_like(o, dtype=torch.float32) for o in ref_out]
+    for i, (a, b) in enumerate(zip(fast_out, ref_out)):
+        results[f"out{i}"] = rel_err(a, b)
+    used = [i for i, x in enumerate(ref_in)]
+    g_fast = torch.autograd.grad(sum((o.float() * w).sum() for o, w in zip(fast_out, weights)), fast_in,
+                                 allow_unused=True)
+    g_ref = torch.autograd.grad(sum((o * w).sum() for o, w in zip(ref_out, weights)), ref_in, allow_unused=True)
+    for i in used:
+        if g_ref[i] is not None:
+            results[f"grad{i}"] = rel_err(g_fast[i], g_ref[i])
+    return results
+
+
+GLA_SHAPES = {  # (heads, head key dim, head value dim)
+    "gla-1.3b": (4, 256, 512),
+    "gla-1.3b-statex": (1, 1024, 2048),  # 4 heads merged into 1
+}
+
+
+@pytest.mark.parametrize("shape", list(GLA_SHAPES))
+@pytest.mark.parametrize("length", [300, 1000])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_gla_chunk_fast_path_matches_torch(shape, length, with_state):
+    H, K, V = GLA_SHAPES[shape]
+    B = 2
+    dev = "cuda"
+    q, k = torch.randn(B, length, H, K, device=dev), torch.randn(B, length, H, K, device=dev)
+    v = torch.randn(B, length, H, V, device=dev)
+    g = F.logsigmoid(torch.randn(B, length, H, K, device=dev)) / 16
+    inputs = [q, k, v, g] + ([torch.randn(B, H, K, V, device=dev)] if with_state else [])
+
+    def fn(q, k, v, g, s0=None):
+        return backends.gla_chunk(q, k, v, g, K**-0.5, s0)
+
+    errors = run_both(fn, inputs, float_args=(3, 4))  # decays and states stay fp32, as in the mixer
+    print(shape, length, with_state, errors)
+    assert max(errors.values()) < TOLERANCE, errors
+
+
+SSD_SHAPES = {  # (heads, headdim, ngroups, d_state)
+    "mamba2-1.3b": (8, 64, 1, 128),  # 8 of the 64 heads: the per-head math is the same
+    "mamba2-1.3b-statex": (8, 64, 1, 512),  # d_state x4
+    "groups": (8, 64, 2, 128),
+}
+
+
+@pytest.mark.parametrize("shape", list(SSD_SHAPES))
+@pytest.mark.parametrize("length", [300, 1000])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_ssd_chunk_fast_path_matches_torch(shape, length, with_state):
+    H, P, G, N = SSD_SHAPES[shape]
+    B, dev = 2, "cuda"
+    x = torch.randn(B, length, H, P, device=dev)
+    dt = F.softplus(torch.randn(B, length, H, device=dev) - 3)
+    A = -torch.rand(H, device=dev).mul(15).add(1)
+    Bm, Cm = torch.randn(B, length, G, N, device=dev), torch.randn(B, length, G, N, device=dev)
+    D = torch.randn(H, device=dev)
+    inputs = [x, dt, A, Bm, Cm, D] + ([torch.randn(B, H, P, N, device=dev)] if with_state else [])
+
+    def fn(x, dt, A, Bm, Cm, D, s0=None):
+        return backends.ssd_chunk(x, dt, A, Bm, Cm, D, s0)
+
+    errors = run_both(fn, inputs, float_args=(1, 2, 5, 6))  # dt, A, D and states stay fp32, as in the mixer
+    print(shape, length, with_state, errors)
+    assert max(errors.values()) < TOLERANCE, errors
+
+
+@pytest.mark.parametrize("shape", ["gla-1.3b", "gla-1.3b-statex"])
+def test_gla_decode_step_matches_torch(shape):
+    H, K, V = GLA_SHAPES[shape]
+    B, dev = 3, "cuda"
+    q, k = (torch.randn(B, H, K, device=dev, dtype=torch.bfloat16) for _ in range(2))  # as in a bf16 model
+    g = F.logsigmoid(torch.randn(B, H, K, device=dev)) / 16
+    v, s0 = torch.randn(B, H, V, device=dev, dtype=torch.bfloat16), torch.randn(B, H, K, V, device=dev)
+    with torch.no_grad():
+        backends.set_backend("fla")
+        fast = backends.gla_step(q, k, v, g, s0, K**-0.5)
+        backends.set_backend("torch")
+        ref = backends.gla_step(q, k, v, g, s0, K**-0.5)
+        backends.set_backend("auto")
+    assert rel_err(fast[0], ref[0]) < 1e-3 and rel_err(fast[1], ref[1]) < 1e-3
+
+
+@pytest.mark.parametrize("d_state", [128, 512])
+def test_ssd_decode_step_matches_torch(d_state):
+    B, H, P, G, dev = 3, 8, 64, 1, "cuda"
+    x = torch.randn(B, H, P, device=dev, dtype=torch.bfloat16)
+    dt = F.softplus(torch.randn(B, H, device=dev))
+    A = -torch.rand(H, device=dev).add(0.5)
+    Bm, Cm = (torch.randn(B, G, d_state, device=dev, dtype=torch.bfloat16) for _ in range(2))
+    D, s0 = torch.randn(H, device=dev), torch.randn(B, H, P, d_state, device=dev)
+    with torch.no_grad():
+        backends.set_backend("fla")
+        fast = backends.ssd_step(x, dt, A, Bm, Cm, D, s0)
+        backends.set_backend("torch")
+        ref = backends.ssd_step(x, dt, A, Bm, Cm, D, s0)
+        backends.set_backend("auto")
+    assert rel_err(fast[0], ref[0]) < 1e-3 and rel_err(fast[1], ref[1]) < 1e-3
+
+
+def small_model(family: str, expanded: bool):
+    if family == "gla":
+        config = statex.gla_config(vocab_size=300, d_model=128, n_layer=3, num_heads=4, use_short_conv=True)
+    else:
+        config = statex.mamba2_config(vocab_size=300, d_model=128, n_layer=3, d_state=32, headdim=32, ngroups=2)
+    model = statex.build_model(config, seed=0)
+    if expanded:
+        model = statex.expand(model, [1], mode="inherit" if family == "gla" else "preserve")
+    return model.cuda().eval()
+
+
+@pytest.mark.parametrize("family", ["gla", "mamba2"])
+@pytest.mark.parametrize("expanded", [False, True])
+def test_generation_fast_path_equals_torch_path(family, expanded):
+    model = small_model(family, expanded)
+    prompt = torch.randint(0, 300, (2, 100), generator=torch.Generator().manual_seed(1)).cuda()
+    outputs, logits = {}, {}
+    for name in ("fla", "torch"):
+        backends.set_backend(name)
+        try:
+            with torch.no_grad():
+                logits[name] = model(prompt).logits
+                outputs[name] = model.generate(prompt, max_new_tokens=24)
+        finally:
+            backends.set_backend("auto")
+    assert rel_err(logits["fla"], logits["torch"]) < 1e-3
+    assert torch.equal(outputs["fla"], outputs["torch"])
