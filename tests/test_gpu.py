@@ -103,6 +103,13 @@ def test_ssd_chunk_fast_path_matches_torch(shape, length, with_state):
     assert max(errors.values()) < TOLERANCE, errors
 
 
+def assert_step_close(fast, ref):
+    """The fast step returns its output in the inputs' bf16 (measured on an H200: 1.7e-3 to 3.2e-3 relative
+    error, bf16 rounding) and its state in fp32."""
+    errors = {"output": rel_err(fast[0], ref[0]), "state": rel_err(fast[1], ref[1])}
+    assert errors["output"] < TOLERANCE and errors["state"] < 1e-4, errors
+
+
 @pytest.mark.parametrize("shape", ["gla-1.3b", "gla-1.3b-statex"])
 def test_gla_decode_step_matches_torch(shape):
     H, K, V = GLA_SHAPES[shape]
@@ -116,7 +123,7 @@ def test_gla_decode_step_matches_torch(shape):
         backends.set_backend("torch")
         ref = backends.gla_step(q, k, v, g, s0, K**-0.5)
         backends.set_backend("auto")
-    assert rel_err(fast[0], ref[0]) < 1e-3 and rel_err(fast[1], ref[1]) < 1e-3
+    assert_step_close(fast, ref)
 
 
 @pytest.mark.parametrize("d_state", [128, 512])
@@ -133,7 +140,7 @@ def test_ssd_decode_step_matches_torch(d_state):
         backends.set_backend("torch")
         ref = backends.ssd_step(x, dt, A, Bm, Cm, D, s0)
         backends.set_backend("auto")
-    assert rel_err(fast[0], ref[0]) < 1e-3 and rel_err(fast[1], ref[1]) < 1e-3
+    assert_step_close(fast, ref)
 
 
 def small_model(family: str, expanded: bool):

@@ -20,25 +20,32 @@ def make_inputs(B=2, T=75, H=3, K=16, V=8, decay_scale=1.0, dtype=torch.float64)
     return q, k, v, g, h0
 
 
+# factor_limit None: these inputs' moderate decay takes the factored in-chunk form; 0: the sub-chunk form
+PATHS = pytest.mark.parametrize("factor_limit", [None, 0.0], ids=["factored", "sub-chunk"])
+
+
 @pytest.mark.parametrize("T", [1, 15, 16, 64, 75, 130])
 @pytest.mark.parametrize("with_state", [False, True])
-def test_chunk_matches_naive_forward(T, with_state):
+@PATHS
+def test_chunk_matches_naive_forward(T, with_state, factor_limit):
     q, k, v, g, h0 = make_inputs(T=T)
     h0 = h0 if with_state else None
     o_ref, s_ref = naive_recurrent_gla(q, k, v, g, initial_state=h0)
-    o, s = chunk_gla(q, k, v, g, initial_state=h0)
+    o, s = chunk_gla(q, k, v, g, initial_state=h0, factor_limit=factor_limit)
     torch.testing.assert_close(o, o_ref, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(s, s_ref, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("chunk_size,sub_chunk", [(64, 16), (32, 8), (16, 16)])
-def test_chunk_gradients_match_naive(chunk_size, sub_chunk):
+@PATHS
+def test_chunk_gradients_match_naive(chunk_size, sub_chunk, factor_limit):
     inputs = [x.requires_grad_() for x in make_inputs(T=53)]
     q, k, v, g, h0 = inputs
     o_ref, s_ref = naive_recurrent_gla(q, k, v, g, initial_state=h0)
     w_o, w_s = torch.randn_like(o_ref), torch.randn_like(s_ref)
     ref_grads = torch.autograd.grad((o_ref * w_o).sum() + (s_ref * w_s).sum(), inputs)
-    o, s = chunk_gla(q, k, v, g, initial_state=h0, chunk_size=chunk_size, sub_chunk=sub_chunk)
+    o, s = chunk_gla(q, k, v, g, initial_state=h0, chunk_size=chunk_size, sub_chunk=sub_chunk,
+                     factor_limit=factor_limit)
     grads = torch.autograd.grad((o * w_o).sum() + (s * w_s).sum(), inputs)
     for name, a, b in zip("qkvg", grads, ref_grads):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=f"grad of {name}")
@@ -57,6 +64,20 @@ def test_strong_decay_is_stable():
     assert torch.isfinite(grad).all()
     o32, _ = chunk_gla(*(x.float() for x in (q, k, v, g.detach())), initial_state=h0.float())
     torch.testing.assert_close(o32.double(), o_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_factored_form_in_fp32_up_to_its_limit():
+    # total in-chunk log decay just under the fp32 limit: factors reach exp(+-40), results still fp32-accurate
+    from statex.ops.gla.chunk import FACTOR_LIMIT
+
+    q, k, v, _, h0 = make_inputs(T=96)
+    g = torch.full_like(q, -0.99 * FACTOR_LIMIT[torch.float32] / 32)
+    o_ref, s_ref = naive_recurrent_gla(q, k, v, g, initial_state=h0)
+    args = [x.float().requires_grad_() for x in (q, k, v, g)]
+    o, s = chunk_gla(*args, initial_state=h0.float(), chunk_size=32)
+    torch.testing.assert_close(o.double(), o_ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(s.double(), s_ref, rtol=1e-4, atol=1e-4)
+    assert all(torch.isfinite(x).all() for x in torch.autograd.grad(o.sum(), args))
 
 
 def test_pieces_with_carried_state_equal_one_pass():

@@ -6,7 +6,10 @@ from tiny to GLA-1.3B head sizes in bench measurements). Across chunks the state
 output is ``o_t = q_t S_in decayed + sum_{s<=t in chunk} (sum_k q_tk k_sk exp(b_tk - b_sk)) v_s`` where b is
 the in-chunk cumulative log decay.
 
-Numerical stability: every exponent that is evaluated is <= 0, whatever the decay strength.
+Numerical stability. When a chunk's total log decay is moderate (at most FACTOR_LIMIT, the usual case: fla's
+gate is logsigmoid / 16), the in-chunk decay factors through the mid-chunk value r,
+exp(b_t - b_s) = exp(b_t - r) exp(r - b_s), and the scores are one [C, K] x [K, C] matmul per chunk.
+Otherwise (strong decay), every exponent that is evaluated is <= 0, whatever the decay strength:
 - Inter-chunk terms use exp(b_t) and exp(b_last - b_s), both <= 1.
 - In-chunk terms are split into sub-chunks of ``sub_chunk`` tokens. For a query sub-chunk i and an earlier
   key sub-chunk j, the decay is factored through the first position p_i of sub-chunk i:
@@ -22,6 +25,11 @@ import torch
 from statex.ops.chunking import compute_dtype, pad_time, scan_chunk_states
 
 
+# Largest total in-chunk log decay served by the factored in-chunk form, per compute dtype: its factors stay
+# within exp(+-limit) (about 2e17 for fp32), far inside the normal range of the dtype.
+FACTOR_LIMIT = {torch.float32: 40.0, torch.float64: 400.0}
+
+
 def chunk_gla(
     q: torch.Tensor,  # [B, T, H, K]
     k: torch.Tensor,  # [B, T, H, K]
@@ -31,8 +39,12 @@ def chunk_gla(
     initial_state: torch.Tensor | None = None,  # [B, H, K, V]
     chunk_size: int = 32,
     sub_chunk: int = 8,
+    factor_limit: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns (o [B, T, H, V], final state [B, H, K, V] in the compute dtype)."""
+    """Returns (o [B, T, H, V], final state [B, H, K, V] in the compute dtype).
+
+    factor_limit: the largest total in-chunk log decay for which the in-chunk scores use the factored form
+    (default: FACTOR_LIMIT of the compute dtype; 0 forces the sub-chunk form everywhere)."""
     if chunk_size % sub_chunk != 0:
         raise ValueError(f"chunk_size {chunk_size} must be a multiple of sub_chunk {sub_chunk}")
     batch, length, heads, key_dim = q.shape
@@ -61,7 +73,19 @@ def chunk_gla(
     states_in, final_state = scan_chunk_states(chunk_decay, chunk_update, initial_state)
     o = (q * b.exp()) @ states_in  # [B, H, N, C, V]
 
-    # In-chunk attention scores, assembled from sub-chunk blocks.
+    limit = FACTOR_LIMIT[dtype] if factor_limit is None else factor_limit
+    if float(-b_last.detach().min()) <= limit:
+        # Factored in-chunk scores: exp(b_t - b_s) = exp(b_t - r) exp(r - b_s) around the mid-chunk value r.
+        # Each factor lies within exp(+-limit) and every product kept (s <= t) is <= 1, so nothing overflows or
+        # loses precision; the entries above the diagonal are finite and are zeroed.
+        r = b[..., chunk_size // 2:chunk_size // 2 + 1, :]
+        scores = (q * (b - r).exp()) @ (k * (r - b).exp()).transpose(-1, -2)  # [B, H, N, C, C]
+        causal = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=q.device).tril()
+        o = o + scores.masked_fill(~causal, 0.0) @ v
+        o = o.permute(0, 2, 3, 1, 4).reshape(batch, -1, heads, value_dim)[:, :length]
+        return o.to(out_dtype), final_state
+
+    # Strong decay: in-chunk attention scores assembled from sub-chunk blocks.
     sub_shape = (*b.shape[:3], n_sub, sub_chunk, key_dim)
     q_s, k_s, b_s = q.reshape(sub_shape), k.reshape(sub_shape), b.reshape(sub_shape)
     b_ref = b_s[..., :, :1, :]  # first position of each query sub-chunk, [B, H, N, S, 1, K]
