@@ -23,7 +23,7 @@ def test_quick_demo_end_to_end(tmp_path):
     assert state[("gla", "statex-reinit")] > state[("gla", "lpt")]
     assert state[("mamba2", "statex-preserve")] > state[("mamba2", "lpt")]
     expanded = statex.load_model(tmp_path / "demo" / "mamba2" / "statex-preserve" / "final")
-    assert [s.d_state for s in expanded.config.layers] == [8, 32, 8, 32]
+    assert [s.d_state for s in expanded.config.layers] == [8, 32, 8]
 
 
 def test_verdict_rule():
@@ -45,3 +45,11 @@ def test_filler_is_deterministic_and_settings_are_sane():
     assert settings.post_seq_len == 4 * settings.base_seq_len
     for fam in settings.families:
         assert fam.expand_layers and len(fam.modes) == 2
+
+
+def test_one_family_in_process(tmp_path, capsys):
+    # jobs=1 runs in this process (the path a 1-core machine takes); --families restricts the records
+    summary = run_demo(tmp_path / "demo", seed=1, quick=True, families=["mamba2"], progress=False, jobs=1)
+    assert {r["family"] for r in summary["records"]} == {"mamba2"}
+    assert "[mamba2] evaluating" in capsys.readouterr().out
+    assert not (tmp_path / "demo" / "gla").exists()

@@ -105,14 +105,18 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from statex.demo import apply_overrides, default_settings, run_demo
+    from statex.demo import BUDGET_KNOBS, apply_overrides, default_settings, run_demo
 
     families = [f for f in (args.families or "").split(",") if f] or None
     modes = [m for m in (args.modes or "").split(",") if m] or None
-    settings = apply_overrides(default_settings(args.quick), modes=modes, expand_layers=args.expand_layers,
-                               heads=args.heads, factor=args.factor)
+    budget = {name: getattr(args, name) for name in BUDGET_KNOBS}
+    try:
+        settings = apply_overrides(default_settings(args.quick), modes=modes, expand_layers=args.expand_layers,
+                                   heads=args.heads, factor=args.factor, **budget)
+    except ValueError as exc:
+        raise statex.StatexError(str(exc)) from None
     run_demo(args.out, seed=args.seed, quick=args.quick, families=families, progress=not args.no_progress,
-             settings=settings)
+             settings=settings, jobs=args.jobs)
     return 0
 
 
@@ -342,6 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expand-layers", help="ablation: layers to expand (default 1,3 of the 4)")
     p.add_argument("--heads", type=int, help="ablation: GLA heads after merging (default 1)")
     p.add_argument("--factor", type=int, help="ablation: Mamba2 d_state factor (default 4)")
+    for knob in ("base-steps", "post-steps", "base-batch", "post-batch"):
+        p.add_argument(f"--{knob}", type=int, help=f"budget: {knob.replace('-', ' ')} (default: the tuned miniature's)")
+    p.add_argument("--jobs", type=int, help="families run side by side in this many processes (default: one per "
+                                            "family when there are enough cores; 1 runs them one after the other)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_demo)
     return parser

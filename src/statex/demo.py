@@ -11,8 +11,10 @@ held-out loss about equal).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import random
 import shutil
 import time
@@ -43,29 +45,33 @@ class DemoSettings:
     families: list[FamilySettings]
     base_seq_len: int = 64
     post_seq_len: int = 256
-    base_steps: int = 1000
-    post_steps: int = 250
-    base_batch: int = 32
-    post_batch: int = 8
+    base_steps: int = 1200
+    post_steps: int = 300
+    base_batch: int = 64
+    post_batch: int = 16
     base_pairs: tuple[int, int] = (2, 8)
-    post_pairs: tuple[int, int] = (4, 32)
-    mix: dict[str, float] = field(default_factory=lambda: {"text": 0.1, "mqar": 0.8, "passkey": 0.1})
+    post_pairs: tuple[int, int] = (8, 32)
+    # data mixtures: mostly MQAR in pretraining (recall has to be learned first), more text and needles after
+    base_mix: dict[str, float] = field(default_factory=lambda: {"text": 0.05, "mqar": 0.9, "passkey": 0.05})
+    post_mix: dict[str, float] = field(default_factory=lambda: {"text": 0.1, "mqar": 0.8, "passkey": 0.1})
     corpus_documents: int = 2000
     eval_n: int = 24
     mqar_lengths: tuple[int, ...] = (64, 128, 256)
     mqar_pairs: tuple[int, ...] = (4, 8, 16, 32)
     passkey_lengths: tuple[int, ...] = (256, 512)
-    passkey_depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    passkey_depths: tuple[float, ...] = (0.0, 0.5, 1.0)
     heldout_length: int = 256
 
 
 def default_settings(quick: bool = False) -> DemoSettings:
+    """The tuned miniature (docs/results.md): about 12 minutes with the two families side by side on 2 cores."""
     families = [
-        FamilySettings("gla", dict(d_model=64, n_layer=4, num_heads=4, expand_k=0.5, expand_v=1.0, hidden_ratio=4,
-                                   use_short_conv=True),
-                       expand_layers=[1, 3], modes=("reinit", "inherit"), heads=1, embedding_std=1.0),
-        FamilySettings("mamba2", dict(d_model=64, n_layer=4, d_state=8, headdim=16, expand=2, ngroups=1),
-                       expand_layers=[1, 3], modes=("reinit", "preserve"), factor=4),
+        FamilySettings("gla", dict(d_model=64, n_layer=4, num_heads=4, expand_k=0.5, expand_v=1.0,
+                                   intermediate_size=128, use_short_conv=True),
+                       expand_layers=[1, 3], modes=("reinit", "inherit"), heads=1, embedding_std=1.0,
+                       base_lr=3e-3, post_lr=3e-3),
+        FamilySettings("mamba2", dict(d_model=64, n_layer=3, d_state=8, headdim=16, expand=2, ngroups=1),
+                       expand_layers=[1], modes=("reinit", "preserve"), factor=4, base_lr=4e-3, post_lr=3e-3),
     ]
     settings = DemoSettings(families)
     if quick:
@@ -114,27 +120,36 @@ def write_data(out: Path, settings: DemoSettings, seed: int) -> tuple[Path, Path
 # ---- the pipeline ------------------------------------------------------------------------------------------------
 
 
-def _mixture(settings: DemoSettings, pairs: tuple[int, int]) -> list[dict[str, Any]]:
-    return [{"kind": "mqar", "weight": settings.mix["mqar"], "num_pairs": list(pairs)},
-            {"kind": "passkey", "weight": settings.mix["passkey"]}]
-
-
 def _train(statex, out: Path, model: Path, corpus: Path, seq_len: int, batch: int, steps: int, lr: float,
-           pairs: tuple[int, int], settings: DemoSettings, seed: int, progress: bool, **expansion):
+           pairs: tuple[int, int], mix: dict[str, float], settings: DemoSettings, seed: int, progress: bool,
+           **expansion):
     from statex.train import resolve_config
 
     config = resolve_config({}, dict(
         model=str(model), data=str(corpus), tokenizer="bytes", cache_dir=str(out.parent.parent / "token-cache"),
-        synthetic=_mixture(settings, pairs), text_weight=settings.mix["text"], seq_len=seq_len, batch_size=batch,
+        synthetic=[{"kind": "mqar", "weight": mix["mqar"], "num_pairs": list(pairs)},
+                   {"kind": "passkey", "weight": mix["passkey"]}], text_weight=mix["text"], seq_len=seq_len, batch_size=batch,
         steps=steps, lr=lr, min_lr=lr / 10, warmup=max(1, steps // 20), schedule="cosine", weight_decay=0.1,
         beta2=0.98, clip=1.0, seed=seed, loss_average="sequences", out=str(out), save_every=steps, keep=1, log_every=max(1, steps // 20),
         heldout_sequences=8, progress=progress, **expansion))
     return statex.train(config)
 
 
+BUDGET_KNOBS = ("base_steps", "post_steps", "base_batch", "post_batch")
+
+
 def apply_overrides(settings: DemoSettings, modes: list[str] | None = None, expand_layers: list[int] | str | None = None,
-                    heads: int | None = None, factor: int | None = None) -> DemoSettings:
-    """The ablation knobs of ``statex demo``: StateX modes, expanded layers, GLA heads, Mamba2 factor."""
+                    heads: int | None = None, factor: int | None = None, **budget: int | None) -> DemoSettings:
+    """The knobs of ``statex demo``: StateX modes, expanded layers, GLA heads, Mamba2 factor (ablations), and
+    the training budget (``BUDGET_KNOBS``: steps and batch sizes of pretraining and post-training)."""
+    unknown = set(budget) - set(BUDGET_KNOBS)
+    if unknown:
+        raise ValueError(f"unknown demo setting(s): {', '.join(sorted(unknown))}")
+    for name, value in budget.items():
+        if value is not None:
+            if value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+            settings = dataclasses.replace(settings, **{name: value})
     from statex.expand import GLA_MODES, MAMBA2_MODES, select_layers
 
     families = []
@@ -154,70 +169,154 @@ def apply_overrides(settings: DemoSettings, modes: list[str] | None = None, expa
 
 
 def run_demo(out: str | Path = "out/demo", seed: int = 0, quick: bool = False, families: list[str] | None = None,
-             progress: bool = True, settings: DemoSettings | None = None) -> dict[str, Any]:
+             progress: bool = True, settings: DemoSettings | None = None, jobs: int | None = None) -> dict[str, Any]:
+    """The whole demo; returns {"records", "verdicts", "out"}. ``jobs``: families run side by side in that many
+    processes (default: one per family when the machine has that many cores), each with an equal share of
+    the cores; with one job they run in this process, one after the other."""
     import statex
-    from statex.eval import evaluate
 
     settings = settings or default_settings(quick)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    tokenizer = statex.load_tokenizer("bytes")
     corpus, heldout = write_data(out, settings, seed)
+    chosen = [f for f in settings.families if not families or f.family in families]
+    cores = os.cpu_count() or 1
+    jobs = max(1, min(len(chosen), jobs if jobs is not None else cores))
     records: list[dict[str, Any]] = []
-    for fam in settings.families:
-        if families and fam.family not in families:
-            continue
-        root = out / fam.family
-        if root.exists():  # the demo owns OUT/<family>: a new run replaces the previous one
-            shutil.rmtree(root)
-        _stage(f"[{fam.family}] building the base model", started)
-        builder = statex.gla_config if fam.family == "gla" else statex.mamba2_config
-        model = statex.build_model(builder(tokenizer.vocab_size, **fam.model), seed=seed)
-        if fam.embedding_std is not None:
-            with torch.no_grad():
-                torch.nn.init.normal_(model.embed_tokens.weight, std=fam.embedding_std,
-                                      generator=torch.Generator().manual_seed(seed))
-        model.save_pretrained(root / "init")
-        print(statex.format_description(statex.describe_model(model)))
-        _stage(f"[{fam.family}] pretraining at T={settings.base_seq_len}", started)
-        _train(statex, root / "base", root / "init", corpus, settings.base_seq_len, settings.base_batch,
-               settings.base_steps, fam.base_lr, settings.base_pairs, settings, seed, progress)
-        variants = {"base": root / "base" / "final"}
-        post = [("lpt", {})] + [(f"statex-{mode}", dict(expand_layers=list(fam.expand_layers), mode=mode,
-                                                         heads=fam.heads, factor=fam.factor)) for mode in fam.modes]
-        for variant, expansion in post:
-            _stage(f"[{fam.family}] post-training {variant} at T={settings.post_seq_len}", started)
-            _train(statex, root / variant, root / "base" / "final", corpus, settings.post_seq_len,
-                   settings.post_batch, settings.post_steps, fam.post_lr, settings.post_pairs, settings, seed,
-                   progress, **expansion)
-            variants[variant] = root / variant / "final"
-        _stage(f"[{fam.family}] evaluating {', '.join(variants)}", started)
-        models = {f"{fam.family}-{v}": statex.load_model(p) for v, p in variants.items()}
-        for variant, path in variants.items():
-            info = statex.describe_model(models[f"{fam.family}-{variant}"])
-            records.append(_record(fam.family, variant, "state", "total", "elements", info["total_state_elements"], 1))
-            records.append(_record(fam.family, variant, "params", "total", "count", info["total_params"], 1))
-        results = evaluate(models, ["mqar", "passkey"], tokenizer, seed=seed + 1, n=settings.eval_n, batch_size=8,
-                           progress=progress, mqar_lengths=list(settings.mqar_lengths),
-                           pairs=list(settings.mqar_pairs), lengths=list(settings.passkey_lengths),
-                           depths=list(settings.passkey_depths))
-        results += evaluate(models, ["ppl"], tokenizer, seed=seed + 1, n=settings.eval_n, batch_size=8,
-                            progress=progress, ppl_file=str(heldout), lengths=[settings.heldout_length])
-        for r in results:
-            variant = r.model.split("-", 1)[1]
-            task = r.task
-            if task == "ppl":
-                if r.metric != "loss" or not r.setting.endswith(" all"):
-                    continue
-                task, setting = "heldout_loss", f"length={settings.heldout_length}"
-            else:
-                setting = r.setting
-            records.append(_record(fam.family, variant, task, setting, r.metric, r.value, r.n, r.params))
+    if jobs == 1:
+        for fam in chosen:
+            records += run_family(fam, settings, out, corpus, heldout, seed, progress, started)
+    else:
+        records = _run_parallel(chosen, settings, out, corpus, heldout, seed, jobs, max(1, cores // jobs), progress,
+                                started)
+    del statex
     elapsed = time.time() - started
     summary = write_demo_report(out, records, settings, seed, quick, elapsed)
     _stage(f"done in {elapsed / 60:.1f} min: {out / 'report.md'}", started)
     return summary
+
+
+def run_family(fam: FamilySettings, settings: DemoSettings, out: Path, corpus: Path, heldout: Path, seed: int,
+               progress: bool, started: float) -> list[dict[str, Any]]:
+    """Pretrain one family's base, post-train it with LPT and each StateX mode, evaluate all; its records."""
+    import statex
+    from statex.eval import evaluate
+
+    tokenizer = statex.load_tokenizer("bytes")
+    root = out / fam.family
+    if root.exists():  # the demo owns OUT/<family>: a new run replaces the previous one
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    status = _Status(root, fam.family, started)
+    status.stage("building the base model")
+    builder = statex.gla_config if fam.family == "gla" else statex.mamba2_config
+    model = statex.build_model(builder(tokenizer.vocab_size, **fam.model), seed=seed)
+    if fam.embedding_std is not None:
+        with torch.no_grad():
+            torch.nn.init.normal_(model.embed_tokens.weight, std=fam.embedding_std,
+                                  generator=torch.Generator().manual_seed(seed))
+    model.save_pretrained(root / "init")
+    print(statex.format_description(statex.describe_model(model)), flush=True)
+    status.stage(f"pretraining at T={settings.base_seq_len}", root / "base", settings.base_steps)
+    _train(statex, root / "base", root / "init", corpus, settings.base_seq_len, settings.base_batch,
+           settings.base_steps, fam.base_lr, settings.base_pairs, settings.base_mix, settings, seed, progress)
+    variants = {"base": root / "base" / "final"}
+    post = [("lpt", {})] + [(f"statex-{mode}", dict(expand_layers=list(fam.expand_layers), mode=mode,
+                                                     heads=fam.heads, factor=fam.factor)) for mode in fam.modes]
+    for variant, expansion in post:
+        status.stage(f"post-training {variant} at T={settings.post_seq_len}", root / variant, settings.post_steps)
+        _train(statex, root / variant, root / "base" / "final", corpus, settings.post_seq_len,
+               settings.post_batch, settings.post_steps, fam.post_lr, settings.post_pairs, settings.post_mix,
+               settings, seed, progress, **expansion)
+        variants[variant] = root / variant / "final"
+    status.stage(f"evaluating {', '.join(variants)}")
+    models = {f"{fam.family}-{v}": statex.load_model(p) for v, p in variants.items()}
+    records = []
+    for variant, path in variants.items():
+        info = statex.describe_model(models[f"{fam.family}-{variant}"])
+        records.append(_record(fam.family, variant, "state", "total", "elements", info["total_state_elements"], 1))
+        records.append(_record(fam.family, variant, "params", "total", "count", info["total_params"], 1))
+    results = evaluate(models, ["mqar", "passkey"], tokenizer, seed=seed + 1, n=settings.eval_n, batch_size=8,
+                       progress=progress, mqar_lengths=list(settings.mqar_lengths),
+                       pairs=list(settings.mqar_pairs), lengths=list(settings.passkey_lengths),
+                       depths=list(settings.passkey_depths))
+    results += evaluate(models, ["ppl"], tokenizer, seed=seed + 1, n=settings.eval_n, batch_size=8,
+                        progress=progress, ppl_file=str(heldout), lengths=[settings.heldout_length])
+    for r in results:
+        variant = r.model.split("-", 1)[1]
+        task = r.task
+        if task == "ppl":
+            if r.metric != "loss" or not r.setting.endswith(" all"):
+                continue
+            task, setting = "heldout_loss", f"length={settings.heldout_length}"
+        else:
+            setting = r.setting
+        records.append(_record(fam.family, variant, task, setting, r.metric, r.value, r.n, r.params))
+    status.stage("done")
+    return records
+
+
+class _Status:
+    """A family's current stage, printed and kept in OUT/<family>/status.json for the parent process."""
+
+    def __init__(self, root: Path, family: str, started: float):
+        self.path, self.family, self.started = root / "status.json", family, started
+
+    def stage(self, message: str, run_dir: Path | None = None, steps: int | None = None) -> None:
+        _stage(f"[{self.family}] {message}", self.started)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"stage": message, "run": str(run_dir) if run_dir else None, "steps": steps}))
+        tmp.replace(self.path)
+
+
+def _family_worker(fam, settings, out, corpus, heldout, seed, threads, started):
+    torch.set_num_threads(threads)
+    log = out / f"{fam.family}.log"
+    with open(log, "w") as handle, contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
+        return run_family(fam, settings, out, corpus, heldout, seed, False, started)
+
+
+def _run_parallel(chosen, settings, out, corpus, heldout, seed, jobs, threads, progress, started):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    names = ", ".join(f.family for f in chosen)
+    _stage(f"running {names} side by side ({jobs} processes x {threads} thread(s)); full logs in "
+           f"{out}/<family>.log", started)
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {f.family: pool.submit(_family_worker, f, settings, out, corpus, heldout, seed, threads, started)
+                   for f in chosen}
+        last = ""
+        while not all(fu.done() for fu in futures.values()):
+            time.sleep(2)
+            line = " | ".join(_progress_of(out / name) for name in futures)
+            if progress and line != last:
+                print(f"  {(time.time() - started) / 60:4.1f} min  {line}", flush=True)
+                last = line
+            for name, fu in futures.items():
+                if fu.done() and fu.exception() is not None:
+                    for other in futures.values():
+                        other.cancel()
+                    raise fu.exception()
+        return [r for name in futures for r in futures[name].result()]
+
+
+def _progress_of(root: Path) -> str:
+    """'gla: pretraining at T=64 step 450/1500 loss 2.31' from a family's status file and its metrics."""
+    try:
+        status = json.loads((root / "status.json").read_text())
+    except (OSError, ValueError):
+        return f"{root.name}: starting"
+    text = f"{root.name}: {status['stage']}"
+    if status.get("run"):
+        try:
+            lines = (Path(status["run"]) / "metrics.jsonl").read_text().splitlines()
+            last = next(json.loads(x) for x in reversed(lines) if '"loss"' in x)
+            text += f" step {last['step']}/{status['steps']} loss {last['loss']:.3f}"
+        except (OSError, StopIteration, ValueError):
+            pass
+    return text
 
 
 def _record(family, variant, task, setting, metric, value, n, params=None) -> dict[str, Any]:
