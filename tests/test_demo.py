@@ -53,3 +53,18 @@ def test_one_family_in_process(tmp_path, capsys):
     assert {r["family"] for r in summary["records"]} == {"mamba2"}
     assert "[mamba2] evaluating" in capsys.readouterr().out
     assert not (tmp_path / "demo" / "gla").exists()
+
+
+def test_ablation_reuses_the_pretrained_base(tmp_path):
+    from statex.demo import apply_overrides
+
+    run_demo(tmp_path / "first", seed=0, quick=True, families=["gla"], progress=False, jobs=1)
+    settings = apply_overrides(default_settings(quick=True), modes=["inherit"], heads=2, post_steps=5)
+    summary = run_demo(tmp_path / "ablation", seed=0, quick=True, families=["gla"], progress=False, jobs=1,
+                       settings=settings, base_from=tmp_path / "first")
+    assert not (tmp_path / "ablation" / "gla" / "base").exists()  # no pretraining
+    variants = {r["variant"] for r in summary["records"]}
+    assert variants == {"base", "lpt", "statex-inherit"}
+    expanded = statex.load_model(tmp_path / "ablation" / "gla" / "statex-inherit" / "final")
+    assert [s.num_heads for s in expanded.config.layers] == [4, 2, 4, 2]
+    assert "pretrained bases reused" in (tmp_path / "ablation" / "report.md").read_text()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -115,8 +116,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                                    heads=args.heads, factor=args.factor, **budget)
     except ValueError as exc:
         raise statex.StatexError(str(exc)) from None
+    command = "statex " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["demo"] else None
     run_demo(args.out, seed=args.seed, quick=args.quick, families=families, progress=not args.no_progress,
-             settings=settings, jobs=args.jobs)
+             settings=settings, jobs=args.jobs, base_from=args.base_from, command=command)
     return 0
 
 
@@ -348,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--factor", type=int, help="ablation: Mamba2 d_state factor (default 4)")
     for knob in ("base-steps", "post-steps", "base-batch", "post-batch"):
         p.add_argument(f"--{knob}", type=int, help=f"budget: {knob.replace('-', ' ')} (default: the tuned miniature's)")
+    p.add_argument("--base-from", metavar="DIR", help="reuse the pretrained bases of an earlier demo's OUT (for "
+                                                       "ablations: only post-training and evaluation run)")
     p.add_argument("--jobs", type=int, help="families run side by side in this many processes (default: one per "
                                             "family when there are enough cores; 1 runs them one after the other)")
     p.add_argument("--no-progress", action="store_true")

@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from statex.errors import StatexError
+
 # ---- settings ----------------------------------------------------------------------------------------------------
 
 
@@ -169,10 +171,12 @@ def apply_overrides(settings: DemoSettings, modes: list[str] | None = None, expa
 
 
 def run_demo(out: str | Path = "out/demo", seed: int = 0, quick: bool = False, families: list[str] | None = None,
-             progress: bool = True, settings: DemoSettings | None = None, jobs: int | None = None) -> dict[str, Any]:
+             progress: bool = True, settings: DemoSettings | None = None, jobs: int | None = None,
+             base_from: str | Path | None = None, command: str | None = None) -> dict[str, Any]:
     """The whole demo; returns {"records", "verdicts", "out"}. ``jobs``: families run side by side in that many
     processes (default: one per family when the machine has that many cores), each with an equal share of
-    the cores; with one job they run in this process, one after the other."""
+    the cores; with one job they run in this process, one after the other. ``base_from``: the OUT of an earlier
+    demo run whose pretrained bases to reuse (for ablations: only post-training and evaluation run)."""
     import statex
 
     settings = settings or default_settings(quick)
@@ -181,25 +185,36 @@ def run_demo(out: str | Path = "out/demo", seed: int = 0, quick: bool = False, f
     started = time.time()
     corpus, heldout = write_data(out, settings, seed)
     chosen = [f for f in settings.families if not families or f.family in families]
+    if base_from is not None:
+        base_from = Path(base_from).resolve()
+        for fam in chosen:
+            if not (base_from / fam.family / "base" / "final" / "config.json").is_file():
+                raise StatexError(f"--base-from {base_from}: no pretrained {fam.family} base in "
+                                  f"{base_from / fam.family / 'base' / 'final'}")
+        if base_from == out.resolve():
+            raise StatexError("--base-from must be another demo's output directory, not --out itself")
     cores = os.cpu_count() or 1
     jobs = max(1, min(len(chosen), jobs if jobs is not None else cores))
     records: list[dict[str, Any]] = []
     if jobs == 1:
         for fam in chosen:
-            records += run_family(fam, settings, out, corpus, heldout, seed, progress, started)
+            records += run_family(fam, settings, out, corpus, heldout, seed, progress, started, base_from)
     else:
         records = _run_parallel(chosen, settings, out, corpus, heldout, seed, jobs, max(1, cores // jobs), progress,
-                                started)
+                                started, base_from)
     del statex
     elapsed = time.time() - started
-    summary = write_demo_report(out, records, settings, seed, quick, elapsed)
+    command = command or f"statex demo --seed {seed}{' --quick' if quick else ''}"
+    summary = write_demo_report(out, records, settings, seed, quick, elapsed, command,
+                                str(base_from) if base_from else None)
     _stage(f"done in {elapsed / 60:.1f} min: {out / 'report.md'}", started)
     return summary
 
 
 def run_family(fam: FamilySettings, settings: DemoSettings, out: Path, corpus: Path, heldout: Path, seed: int,
-               progress: bool, started: float) -> list[dict[str, Any]]:
-    """Pretrain one family's base, post-train it with LPT and each StateX mode, evaluate all; its records."""
+               progress: bool, started: float, base_from: Path | None = None) -> list[dict[str, Any]]:
+    """Pretrain one family's base (or take it from ``base_from``), post-train it with LPT and each StateX mode,
+    evaluate all; its records."""
     import statex
     from statex.eval import evaluate
 
@@ -209,24 +224,17 @@ def run_family(fam: FamilySettings, settings: DemoSettings, out: Path, corpus: P
         shutil.rmtree(root)
     root.mkdir(parents=True)
     status = _Status(root, fam.family, started)
-    status.stage("building the base model")
-    builder = statex.gla_config if fam.family == "gla" else statex.mamba2_config
-    model = statex.build_model(builder(tokenizer.vocab_size, **fam.model), seed=seed)
-    if fam.embedding_std is not None:
-        with torch.no_grad():
-            torch.nn.init.normal_(model.embed_tokens.weight, std=fam.embedding_std,
-                                  generator=torch.Generator().manual_seed(seed))
-    model.save_pretrained(root / "init")
-    print(statex.format_description(statex.describe_model(model)), flush=True)
-    status.stage(f"pretraining at T={settings.base_seq_len}", root / "base", settings.base_steps)
-    _train(statex, root / "base", root / "init", corpus, settings.base_seq_len, settings.base_batch,
-           settings.base_steps, fam.base_lr, settings.base_pairs, settings.base_mix, settings, seed, progress)
-    variants = {"base": root / "base" / "final"}
+    if base_from is not None:
+        base = base_from / fam.family / "base" / "final"
+        status.stage(f"reusing the pretrained base {base}")
+    else:
+        base = _pretrain(statex, fam, settings, root, corpus, seed, progress, status, tokenizer.vocab_size)
+    variants = {"base": base}
     post = [("lpt", {})] + [(f"statex-{mode}", dict(expand_layers=list(fam.expand_layers), mode=mode,
                                                      heads=fam.heads, factor=fam.factor)) for mode in fam.modes]
     for variant, expansion in post:
         status.stage(f"post-training {variant} at T={settings.post_seq_len}", root / variant, settings.post_steps)
-        _train(statex, root / variant, root / "base" / "final", corpus, settings.post_seq_len,
+        _train(statex, root / variant, base, corpus, settings.post_seq_len,
                settings.post_batch, settings.post_steps, fam.post_lr, settings.post_pairs, settings.post_mix,
                settings, seed, progress, **expansion)
         variants[variant] = root / variant / "final"
@@ -257,6 +265,22 @@ def run_family(fam: FamilySettings, settings: DemoSettings, out: Path, corpus: P
     return records
 
 
+def _pretrain(statex, fam, settings, root, corpus, seed, progress, status, vocab_size) -> Path:
+    status.stage("building the base model")
+    builder = statex.gla_config if fam.family == "gla" else statex.mamba2_config
+    model = statex.build_model(builder(vocab_size, **fam.model), seed=seed)
+    if fam.embedding_std is not None:
+        with torch.no_grad():
+            torch.nn.init.normal_(model.embed_tokens.weight, std=fam.embedding_std,
+                                  generator=torch.Generator().manual_seed(seed))
+    model.save_pretrained(root / "init")
+    print(statex.format_description(statex.describe_model(model)), flush=True)
+    status.stage(f"pretraining at T={settings.base_seq_len}", root / "base", settings.base_steps)
+    _train(statex, root / "base", root / "init", corpus, settings.base_seq_len, settings.base_batch,
+           settings.base_steps, fam.base_lr, settings.base_pairs, settings.base_mix, settings, seed, progress)
+    return root / "base" / "final"
+
+
 class _Status:
     """A family's current stage, printed and kept in OUT/<family>/status.json for the parent process."""
 
@@ -270,14 +294,14 @@ class _Status:
         tmp.replace(self.path)
 
 
-def _family_worker(fam, settings, out, corpus, heldout, seed, threads, started):
+def _family_worker(fam, settings, out, corpus, heldout, seed, threads, started, base_from):
     torch.set_num_threads(threads)
     log = out / f"{fam.family}.log"
     with open(log, "w") as handle, contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
-        return run_family(fam, settings, out, corpus, heldout, seed, False, started)
+        return run_family(fam, settings, out, corpus, heldout, seed, False, started, base_from)
 
 
-def _run_parallel(chosen, settings, out, corpus, heldout, seed, jobs, threads, progress, started):
+def _run_parallel(chosen, settings, out, corpus, heldout, seed, jobs, threads, progress, started, base_from):
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -285,8 +309,8 @@ def _run_parallel(chosen, settings, out, corpus, heldout, seed, jobs, threads, p
     _stage(f"running {names} side by side ({jobs} processes x {threads} thread(s)); full logs in "
            f"{out}/<family>.log", started)
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {f.family: pool.submit(_family_worker, f, settings, out, corpus, heldout, seed, threads, started)
-                   for f in chosen}
+        futures = {f.family: pool.submit(_family_worker, f, settings, out, corpus, heldout, seed, threads, started,
+                                         base_from) for f in chosen}
         last = ""
         while not all(fu.done() for fu in futures.values()):
             time.sleep(2)
@@ -359,7 +383,7 @@ def verdicts(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write_demo_report(out: Path, records: list[dict[str, Any]], settings: DemoSettings, seed: int, quick: bool,
-                      elapsed: float) -> dict[str, Any]:
+                      elapsed: float, command: str, base_from: str | None = None) -> dict[str, Any]:
     from statex.eval.common import Record
     from statex.eval.report import make_plots
 
@@ -369,7 +393,8 @@ def write_demo_report(out: Path, records: list[dict[str, Any]], settings: DemoSe
     plots = make_plots(eval_records, out)
     found = verdicts(records)
     lines = [f"# StateX vs LPT in miniature (seed {seed}{', --quick' if quick else ''})", "",
-             f"Command: `statex demo --seed {seed}{' --quick' if quick else ''}`; {elapsed / 60:.1f} minutes.", "",
+             f"Command: `{command}`; {elapsed / 60:.1f} minutes"
+             + (f" (pretrained bases reused from {base_from})." if base_from else "."), "",
              "## Verdicts", "",
              "Claim (paper): StateX recalls better than LPT at an equal post-training budget, with held-out loss "
              "about equal. Recall = mean of the MQAR grid mean and the passkey grid mean; reproduced = recall at "
