@@ -81,7 +81,6 @@ def _load_fla() -> dict:
     return _fla
 
 
-
 def fla_available() -> bool:
     return bool(_load_fla())
 
