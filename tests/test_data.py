@@ -122,3 +122,15 @@ def test_train_bpe_tokenizer(tmp_path):
     text = "alpha beta river unseen-word 123"
     assert tok.decode(tok.encode(text)) == text
     assert len(tok.encode("alpha beta gamma")) < len("alpha beta gamma")
+
+
+def test_training_and_evaluation_mqar_share_one_split_without_the_eos_token():
+    from statex.data import load_tokenizer
+    from statex.data.dataset import SyntheticSource, TrainStream
+    from statex.eval.tasks.mqar import spec_for
+
+    tokenizer = load_tokenizer("bytes")  # 257 ids, end-of-document 256 at the top
+    assert spec_for(tokenizer) == MQARSpec.for_tokenizer(tokenizer) == MQARSpec(1, 128, 128, 256)
+    stream = TrainStream(None, 64, 0, tokenizer, [SyntheticSource("mqar", 1.0, (2, 8))], 0.0)
+    ids = stream.batch(0, 64)[0]
+    assert int(ids.max()) < tokenizer.eos_token_id

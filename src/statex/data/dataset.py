@@ -91,7 +91,7 @@ class TrainStream:
             high = min(source.num_pairs[1], self.seq_len // 4)  # an MQAR sequence needs 4 positions per pair
             low = min(source.num_pairs[0], high)
             pairs = int(torch.randint(low, high + 1, (1,), generator=gen))
-            spec = source.mqar or MQARSpec.for_vocab(self.tokenizer.vocab_size)
+            spec = source.mqar or MQARSpec.for_tokenizer(self.tokenizer)
             return mqar_sequence(gen, self.seq_len, pairs, spec)
         return passkey_sequence(gen, self.tokenizer, self.seq_len)
 

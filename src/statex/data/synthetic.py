@@ -40,6 +40,15 @@ class MQARSpec:
         half = vocab_size // 2
         return cls(1, half, half, vocab_size, power_a)
 
+    @classmethod
+    def for_tokenizer(cls, tokenizer, power_a: float = 0.01) -> "MQARSpec":
+        """``for_vocab`` over the tokenizer's regular ids: an end-of-document token at the top of the vocabulary
+        is left out, so it is never drawn as a key, value or filler. Training and evaluation both use this."""
+        vocab = tokenizer.vocab_size
+        if tokenizer.eos_token_id == vocab - 1:
+            vocab -= 1
+        return cls.for_vocab(vocab, power_a)
+
 
 def mqar_sequence(generator: torch.Generator, seq_len: int, num_pairs: int, spec: MQARSpec):
     """(input_ids [seq_len], labels [seq_len]): "k1 v1 ... kD vD", then filler with the D keys queried once

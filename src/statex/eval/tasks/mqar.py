@@ -12,12 +12,8 @@ DEFAULT_PAIRS = (8, 16, 32, 64)
 
 
 def spec_for(tokenizer) -> MQARSpec:
-    """Keys and values from the tokenizer's regular ids (an end-of-document token at the top is left out);
-    the same split the trainer's synthetic MQAR uses."""
-    vocab = tokenizer.vocab_size
-    if tokenizer.eos_token_id == vocab - 1:
-        vocab -= 1
-    return MQARSpec.for_vocab(vocab)
+    """The same key / value split the trainer's synthetic MQAR uses (``MQARSpec.for_tokenizer``)."""
+    return MQARSpec.for_tokenizer(tokenizer)
 
 
 def generate_examples(tokenizer, length: int, pairs: int, n: int, seed: int):
