@@ -114,15 +114,20 @@ def case_peak(args) -> None:
     emit({"part": "peak", "tflops": 2 * 8192**3 / seconds / 1e12})
 
 
-def case_layer(args) -> None:
-    for name in args.name.split("+"):
-        try:
-            layer_lengths(args, name)
-        except Exception as exc:  # one layer failing (e.g. fla's layer missing) does not stop the others
-            emit({"part": "layers", "name": name, "error": f"{type(exc).__name__}: {exc}"[:300]})
+def each_name(case):
+    """Run case(args, name) for every name of a '+'-joined list; a failure is recorded and the next runs."""
+    def run(args) -> None:
+        for name in args.name.split("+"):
+            try:
+                case(args, name)
+            except Exception as exc:
+                emit({"part": case.__name__[5:], "name": name, "error": f"{type(exc).__name__}: {exc}"[:300]})
+            torch.cuda.empty_cache()
+    return run
 
 
-def layer_lengths(args, name: str) -> None:
+@each_name
+def case_layers(args, name: str) -> None:
     torch.manual_seed(0)
     layer, heads, key_dim, value_dim = build_layer(name)
     layer = layer.to("cuda", torch.bfloat16)
@@ -163,18 +168,6 @@ def _model(name: str):
     torch.manual_seed(0)
     model = statex.build_model(builder(every), device="cuda", seed=0)
     return model, family
-
-
-def each_name(case):
-    """Run case(args, name) for every name of a '+'-joined list; a failure is recorded and the next runs."""
-    def run(args) -> None:
-        for name in args.name.split("+"):
-            try:
-                case(args, name)
-            except Exception as exc:
-                emit({"part": case.__name__[5:], "name": name, "error": f"{type(exc).__name__}: {exc}"[:300]})
-            torch.cuda.empty_cache()
-    return run
 
 
 @each_name
@@ -223,7 +216,7 @@ def case_model(args, name: str) -> None:
     del model, optimizer
 
 
-CASES = {"peak": case_peak, "layers": case_layer, "decode": case_decode, "model": case_model}
+CASES = {"peak": case_peak, "layers": case_layers, "decode": case_decode, "model": case_model}
 
 
 # ---- driver ------------------------------------------------------------------------------------------------------
@@ -277,29 +270,20 @@ def tables(results: list[dict]) -> str:
     lines = [f"bf16 matmul peak measured in this run: {peak:.0f} TFLOP/s" if peak else "no peak measured", ""]
     layer = [r for r in results if r.get("part") == "layers"]
     if layer:
-        lines += ["| layer | T | batch | fwd+bwd ms | tokens/s | peak GiB | model TFLOP/s | of peak |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for r in layer:
-            if "error" in r:
-                lines.append(f"| {r['name']} | {r.get('T', '-')} | - | {r['error']} | | | | |")
-                continue
-            lines.append(f"| {r['name']} | {r['T']} | {r['batch']} | {1000 * r['seconds']:.1f} | "
-                         f"{r['tokens_per_s'] / 1e6:.2f} M | {r['peak_gib']:.1f} | {r['tflops']:.0f} | "
-                         f"{pct(r['tflops'])} |")
+        lines += markdown_table(["layer", "T", "batch", "fwd+bwd ms", "tokens/s", "peak GiB", "model TFLOP/s",
+                                 "of peak"], layer, lambda r: [
+            r["T"], r["batch"], f"{1000 * r['seconds']:.1f}", f"{r['tokens_per_s'] / 1e6:.2f} M",
+            f"{r['peak_gib']:.1f}", f"{r['tflops']:.0f}", pct(r["tflops"])])
         lines.append("")
         lines += ratio_lines(layer, "statex-gla-statex", "statex-gla")
         lines += ratio_lines(layer, "statex-mamba2-statex", "statex-mamba2")
         lines += ratio_lines(layer, "statex-gla", "fla-gla", what="statex / fla layer time")
     model = [r for r in results if r.get("part") == "model"]
     if model:
-        lines += ["", "| model | T | batch | step s | tokens/s | peak GiB | model TFLOP/s | of peak |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for r in model:
-            if "error" in r:
-                lines.append(f"| {r['name']} | | | {r['error']} | | | | |")
-                continue
-            lines.append(f"| {r['name']} | {r['T']} | {r['batch']} | {r['seconds']:.3f} | "
-                         f"{r['tokens_per_s']:,.0f} | {r['peak_gib']:.1f} | {r['tflops']:.0f} | {pct(r['tflops'])} |")
+        lines += [""] + markdown_table(["model", "T", "batch", "step s", "tokens/s", "peak GiB", "model TFLOP/s",
+                                        "of peak"], model, lambda r: [
+            r["T"], r["batch"], f"{r['seconds']:.3f}", f"{r['tokens_per_s']:,.0f}", f"{r['peak_gib']:.1f}",
+            f"{r['tflops']:.0f}", pct(r["tflops"])])
         by = {r["name"]: r for r in model if "error" not in r}
         if "gla:original" in by and "gla:statex" in by:
             share = by["gla:statex"]["tokens_per_s"] / by["gla:original"]["tokens_per_s"]
@@ -307,14 +291,18 @@ def tables(results: list[dict]) -> str:
                          f"(target >= 85%: {'met' if share >= 0.85 else 'MISSED'})")
     decode = [r for r in results if r.get("part") == "decode"]
     if decode:
-        lines += ["", "| decode | batch | ms per step | tokens/s |", "|---|---|---|---|"]
-        for r in decode:
-            if "error" in r:
-                lines.append(f"| {r['name']} | | {r['error']} | |")
-                continue
-            lines.append(f"| {r['name']} | {r['batch']} | {1000 * r['seconds_per_step']:.2f} | "
-                         f"{r['tokens_per_s']:,.0f} |")
+        lines += [""] + markdown_table(["decode", "batch", "ms per step", "tokens/s"], decode, lambda r: [
+            r["batch"], f"{1000 * r['seconds_per_step']:.2f}", f"{r['tokens_per_s']:,.0f}"])
     return "\n".join(lines) + "\n"
+
+
+def markdown_table(columns: list[str], records: list[dict], cells) -> list[str]:
+    """A table with one row per record: its name, then cells(record); a failed case shows its error instead."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in records:
+        row = [r["error"]] + [""] * (len(columns) - 2) if "error" in r else cells(r)
+        lines.append("| " + " | ".join(str(c) for c in [r["name"]] + row) + " |")
+    return lines
 
 
 def ratio_lines(layer: list[dict], num: str, den: str, what: str | None = None) -> list[str]:

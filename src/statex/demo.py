@@ -177,8 +177,6 @@ def run_demo(out: str | Path = "out/demo", seed: int = 0, quick: bool = False, f
     processes (default: one per family when the machine has that many cores), each with an equal share of
     the cores; with one job they run in this process, one after the other. ``base_from``: the OUT of an earlier
     demo run whose pretrained bases to reuse (for ablations: only post-training and evaluation run)."""
-    import statex
-
     settings = settings or default_settings(quick)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -202,7 +200,6 @@ def run_demo(out: str | Path = "out/demo", seed: int = 0, quick: bool = False, f
     else:
         records = _run_parallel(chosen, settings, out, corpus, heldout, seed, jobs, max(1, cores // jobs), progress,
                                 started, base_from)
-    del statex
     elapsed = time.time() - started
     command = command or f"statex demo --seed {seed}{' --quick' if quick else ''}"
     summary = write_demo_report(out, records, settings, seed, quick, elapsed, command,
