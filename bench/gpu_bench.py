@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -31,23 +32,23 @@ CHUNK = 64  # fla's chunk size, for the FLOP model
 # ---- shapes --------------------------------------------------------------------------------------------------------
 
 
-def gla_13b_config(expand_every: int | None = None):
+def gla_13b_config(expand_every: int | None = None, n_layer: int = 24):
     import statex
 
-    config = statex.gla_config(vocab_size=32000, d_model=2048, n_layer=24, num_heads=4, expand_k=0.5,
+    config = statex.gla_config(vocab_size=32000, d_model=2048, n_layer=n_layer, num_heads=4, expand_k=0.5,
                                expand_v=1.0, hidden_ratio=4, use_short_conv=False)
     if expand_every:
-        config = statex.expand_config(config, list(range(0, 24, expand_every)), heads=1)
+        config = statex.expand_config(config, list(range(0, n_layer, expand_every)), heads=1)
     return config
 
 
-def mamba2_13b_config(expand_every: int | None = None):
+def mamba2_13b_config(expand_every: int | None = None, n_layer: int = 48):
     import statex
 
-    config = statex.mamba2_config(vocab_size=50288, d_model=2048, n_layer=48, d_state=128, headdim=64, expand=2,
-                                  ngroups=1, tie_embeddings=True)
+    config = statex.mamba2_config(vocab_size=50288, d_model=2048, n_layer=n_layer, d_state=128, headdim=64,
+                                  expand=2, ngroups=1, tie_embeddings=True)
     if expand_every:
-        config = statex.expand_config(config, list(range(0, 48, expand_every)), factor=4)
+        config = statex.expand_config(config, list(range(0, n_layer, expand_every)), factor=4)
     return config
 
 
@@ -126,6 +127,19 @@ def each_name(case):
     return run
 
 
+def layer_step(layer, batch: int, length: int):
+    """A function running forward+backward of the layer on one random bf16 batch."""
+    x = torch.randn(batch, length, 2048, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    grad = torch.randn_like(x)
+
+    def step():
+        out = layer(x)
+        out = out[0] if isinstance(out, tuple) else out
+        out.backward(grad)
+
+    return step
+
+
 @each_name
 def case_layers(args, name: str) -> None:
     torch.manual_seed(0)
@@ -134,17 +148,10 @@ def case_layers(args, name: str) -> None:
     flops = layer_flops_per_token(layer, heads, key_dim, value_dim)
     for length in args.lengths:
         batch = max(1, args.tokens // length)
-        x = torch.randn(batch, length, 2048, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-        grad = torch.randn_like(x)
-
-        def step():
-            out = layer(x)
-            out = out[0] if isinstance(out, tuple) else out
-            out.backward(grad)
-
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         try:
+            step = layer_step(layer, batch, length)
             seconds = cuda_time(step)
         except torch.OutOfMemoryError:
             emit({"part": "layers", "name": name, "T": length, "error": "out of memory"})
@@ -154,61 +161,78 @@ def case_layers(args, name: str) -> None:
               "tokens_per_s": tokens / seconds, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
               "tflops": flops * tokens / seconds / 1e12, "flops_per_token": flops,
               "kernel_flops_per_token": kernel_flops_per_token(heads, key_dim, value_dim)})
-        del x, grad
+        del step
     del layer
     torch.cuda.empty_cache()
 
 
-def _model(name: str):
+def build_model(name: str, n_layer: int | None = None):
+    """A 1.3B-shaped model on the GPU (random weights): name is family:original or family:statex (GLA every:6,
+    Mamba2 every:8); n_layer shortens it (same layer shapes; the first layer is the expanded one)."""
     import statex
 
     family, expanded = name.split(":")
     builder = gla_13b_config if family == "gla" else mamba2_13b_config
     every = (6 if family == "gla" else 8) if expanded == "statex" else None
     torch.manual_seed(0)
-    model = statex.build_model(builder(every), device="cuda", seed=0)
-    return model, family
+    config = builder(every) if n_layer is None else builder(every, n_layer=n_layer)
+    return statex.build_model(config, device="cuda", seed=0)
 
 
-@each_name
-def case_decode(args, name: str) -> None:
-    model, _ = _model(name)
-    model = model.to(torch.bfloat16).eval()
-    for batch in (1, 64):
-        prompt = torch.randint(0, 32000, (batch, 16), device="cuda")
-        with torch.no_grad():
-            out = model(prompt, use_cache=True)
-            state = out.state
-            token = out.logits[:, -1].argmax(-1, keepdim=True)
+def decode_step(model, batch: int):
+    """Prefill 16 random tokens at this batch, then return a function running one decoding step (no grad)."""
+    prompt = torch.randint(0, 32000, (batch, 16), device="cuda")
+    with torch.no_grad():
+        out = model(prompt, use_cache=True)
+    state, token = out.state, out.logits[:, -1].argmax(-1, keepdim=True)
 
-            def step():
-                model(token, state=state, use_cache=True)
+    @torch.no_grad()
+    def step():
+        model(token, state=state, use_cache=True)
 
-            seconds = cuda_time(step, warmup=3, repeats=20)
-        emit({"part": "decode", "name": name, "batch": batch, "seconds_per_step": seconds,
-              "tokens_per_s": batch / seconds})
+    return step
 
 
-@each_name
-def case_model(args, name: str) -> None:
-    model, _ = _model(name)
-    model.train()
-    params = sum(p.numel() for p in model.parameters())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    length, batch = 2048, args.model_batch
+def train_step(model, batch: int, length: int = 2048, optimizer=None):
+    """A function running one training step on random tokens: autocast bf16 forward, backward, and the
+    optimizer's step when one is given."""
     ids = torch.randint(0, 32000, (batch, length), device="cuda")
 
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss = model(ids, labels=ids).loss
         loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        if optimizer is not None:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        else:
+            model.zero_grad(set_to_none=True)
 
+    return step
+
+
+DECODE_BATCHES = (1, 64)
+
+
+@each_name
+def case_decode(args, name: str) -> None:
+    model = build_model(name).to(torch.bfloat16).eval()
+    for batch in DECODE_BATCHES:
+        seconds = cuda_time(decode_step(model, batch), warmup=3, repeats=20)
+        emit({"part": "decode", "name": name, "batch": batch, "seconds_per_step": seconds,
+              "tokens_per_s": batch / seconds})
+
+
+@each_name
+def case_model(args, name: str) -> None:
+    model = build_model(name).train()
+    params = sum(p.numel() for p in model.parameters())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    length, batch = 2048, args.model_batch
+    step = train_step(model, batch, length, optimizer)
     torch.cuda.reset_peak_memory_stats()
     seconds = cuda_time(step, warmup=2, repeats=5)
-    config = model.config
-    kernel = sum(kernel_flops_per_token(s.num_heads, s.head_k_dim, s.head_v_dim) for s in config.layers)
+    kernel = sum(kernel_flops_per_token(s.num_heads, s.head_k_dim, s.head_v_dim) for s in model.config.layers)
     flops = 6 * params + kernel
     emit({"part": "model", "name": name, "T": length, "batch": batch, "params": params,
           "seconds": seconds, "tokens_per_s": batch * length / seconds, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
@@ -216,6 +240,10 @@ def case_model(args, name: str) -> None:
     del model, optimizer
 
 
+CASE_NAMES = {"peak": ["bf16-matmul"],
+              "layers": ["statex-gla", "fla-gla", "statex-gla-statex", "statex-mamba2", "statex-mamba2-statex"],
+              "model": ["gla:original", "gla:statex"],
+              "decode": ["gla:original", "gla:statex", "mamba2:original", "mamba2:statex"]}
 CASES = {"peak": case_peak, "layers": case_layers, "decode": case_decode, "model": case_model}
 
 
@@ -223,13 +251,26 @@ CASES = {"peak": case_peak, "layers": case_layers, "decode": case_decode, "model
 
 
 def plan(parts: list[str]) -> list[tuple[str, str]]:
-    cases = []
     """One process per part (kernels compiled once per process are reused by its cases)."""
-    names = {"peak": ["bf16-matmul"],
-             "layers": ["statex-gla", "fla-gla", "statex-gla-statex", "statex-mamba2", "statex-mamba2-statex"],
-             "model": ["gla:original", "gla:statex"],
-             "decode": ["gla:original", "gla:statex", "mamba2:original", "mamba2:statex"]}
-    return [(part, "+".join(names[part])) for part in names if part in parts]
+    return [(part, "+".join(CASE_NAMES[part])) for part in CASE_NAMES if part in parts]
+
+
+def run_case(cmd: list[str], log_path: Path, limit: float) -> tuple[str, bool | str]:
+    """Run one part's process with its output in log_path (then appended to parts.log); kill its whole process group (Triton's compiler
+    children too) at the limit. Returns (output, False | True for a non-zero exit | a timeout message)."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            failed = proc.wait(timeout=limit) != 0
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            failed = f"timed out after {limit} s"
+    output = log_path.read_text(errors="replace")
+    with open(log_path.parent / "parts.log", "a") as combined:  # one file: a GPU call returns few files
+        combined.write(f"==== {' '.join(cmd[2:])}\n{output}\n")
+    log_path.unlink()
+    return output, failed
 
 
 def run_all(args) -> list[dict]:
@@ -243,12 +284,7 @@ def run_all(args) -> list[dict]:
                "--lengths", ",".join(map(str, args.lengths)), "--model-batch", str(args.model_batch)]
         started = time.time()
         print(f"== {part} {name}", flush=True)
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limits.get(part, args.timeout))
-            output, failed = proc.stdout + proc.stderr, proc.returncode != 0
-        except subprocess.TimeoutExpired as exc:
-            output = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-            failed = f"timed out after {limits.get(part, args.timeout)} s"
+        output, failed = run_case(cmd, out / f"{part}.log", limits.get(part, args.timeout))
         found = [json.loads(line[7:]) for line in output.splitlines() if line.startswith("RESULT ")]
         if failed:
             tail = output.strip().splitlines()[-3:] if isinstance(failed, bool) else [failed]

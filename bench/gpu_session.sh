@@ -1,25 +1,37 @@
 #!/usr/bin/env bash
-# One GPU session: the CUDA tests (in parallel: besides checking, they compile and autotune most of the Triton
-# kernels the benchmark needs, on many CPU cores at once), then bench/gpu_benchmark parts one after another.
-# Usage: OUT=out/gpu bash bench/gpu_session.sh   (needs CUDA, flash-linear-attention, pytest-xdist)
-# TRITON_TGZ=path: a Triton cache saved by an earlier session (unpacked first; saves compile time).
+# One GPU session, in one call of at most 10 minutes:
+#   1. bench/triton_prewarm.py compiles every Triton kernel the next two steps use, on all CPU cores at once;
+#   2. the CUDA tests (tests/test_gpu.py), their measured errors printed (-s);
+#   3. bench/gpu_bench.py, part by part, each part in its own process with its own time limit.
+# Usage: OUT=out/gpu bash bench/gpu_session.sh
+# Needs CUDA, torch with Triton, and flash-linear-attention importable (PYTHONPATH may point at src/).
+# Knobs (environment): STAGES (default "prewarm tests bench"), WORKERS, PREWARM_PARTS, PREWARM_LIMIT,
+# TEST_LIMIT, PARTS, PART_TIMEOUTS, LENGTHS.
 set -u
 OUT=${OUT:-out/gpu}
+STAGES=${STAGES:-prewarm tests bench}
 mkdir -p "$OUT"
-if [ -n "${TRITON_TGZ:-}" ] && [ -f "$TRITON_TGZ" ]; then mkdir -p ~/.triton && tar xzf "$TRITON_TGZ" -C ~/.triton; fi
-python3 - > "$OUT/warm_fla_layer.log" 2>&1 <<'PY' &
-import torch
-from fla.layers.gla import GatedLinearAttention
-layer = GatedLinearAttention(mode="chunk", hidden_size=2048, expand_k=0.5, expand_v=1.0, num_heads=4,
-                             norm_eps=1e-6).to("cuda", torch.bfloat16)
-x = torch.randn(2, 2048, 2048, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-layer(x)[0].sum().backward()
-print("fla layer warm")
-PY
-timeout "${TEST_LIMIT:-210}" python3 -m pytest -q -n "${WORKERS:-12}" -rA -p no:cacheprovider tests/test_gpu.py \
-    > "$OUT/gpu_tests.log" 2>&1
-echo "tests rc=$?"; grep -E "passed|failed|error" "$OUT/gpu_tests.log" | tail -3
-wait
-python3 bench/gpu_bench.py --out "$OUT/bench" --parts "${PARTS:-peak,layers,model,decode}" \
-    --part-timeouts "${PART_TIMEOUTS:-layers=130,model=100,decode=80}"
-tar czf "$OUT/triton.tgz" -C ~/.triton cache 2>/dev/null; ls -la "$OUT/triton.tgz"
+stamp() { echo "[$(date +%T)] $*"; }
+has() { case " $STAGES " in *" $1 "*) return 0;; esac; return 1; }
+
+if has prewarm; then
+    stamp "prewarm"
+    python3 bench/triton_prewarm.py --workers "${WORKERS:-15}" --parts "${PREWARM_PARTS:-tests,layers,models}" \
+        --limit "${PREWARM_LIMIT:-240}" --log-dir "$OUT/prewarm-logs" 2>&1 | tee "$OUT/prewarm.log" | tail -4
+    # keep one worker's log (the rest repeat it) beside the summary
+    cp "$OUT/prewarm-logs/worker0.log" "$OUT/prewarm-worker0.log" 2>/dev/null; rm -rf "$OUT/prewarm-logs"
+fi
+if has tests; then
+    stamp "tests"
+    timeout "${TEST_LIMIT:-150}" python3 -m pytest -s -q -rA -p no:cacheprovider tests/test_gpu.py \
+        > "$OUT/gpu_tests.log" 2>&1
+    stamp "tests rc=$?"
+    grep -E "^(PASSED|FAILED|ERROR) |passed|failed" "$OUT/gpu_tests.log" | tail -40
+fi
+if has bench; then
+    stamp "bench"
+    python3 bench/gpu_bench.py --out "$OUT/bench" --parts "${PARTS:-peak,layers,model,decode}" \
+        --lengths "${LENGTHS:-2048,8192,32768,65536}" \
+        --part-timeouts "${PART_TIMEOUTS:-peak=30,layers=120,model=90,decode=60}"
+fi
+stamp "done"

@@ -104,10 +104,12 @@ def test_ssd_chunk_fast_path_matches_torch(shape, length, with_state):
 
 
 def assert_step_close(fast, ref):
-    """The fast step returns its output in the inputs' bf16 (measured on an H200: 1.7e-3 to 3.2e-3 relative
-    error, bf16 rounding) and its state in fp32."""
+    """Both steps compute in fp32 (q, k, v of a bf16 model are upcast: one token's state dominates the cost), so
+    output and state agree to fp32 rounding, not bf16's."""
     errors = {"output": rel_err(fast[0], ref[0]), "state": rel_err(fast[1], ref[1])}
-    assert errors["output"] < TOLERANCE and errors["state"] < 1e-4, errors
+    print("decode step", errors)
+    assert fast[0].dtype == ref[0].dtype == torch.float32, (fast[0].dtype, ref[0].dtype)
+    assert errors["output"] < 1e-4 and errors["state"] < 1e-4, errors
 
 
 @pytest.mark.parametrize("shape", ["gla-1.3b", "gla-1.3b-statex"])

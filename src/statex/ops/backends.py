@@ -188,6 +188,9 @@ def _fla_chunk(q, k, v, g, scale, initial_state, state_v_first):
 
 
 def _fla_step(q, k, v, g, scale, initial_state, state_v_first):
+    # One token: the fp32 state (K x V per head) dominates the memory traffic, so q, k, v go in as fp32 too
+    # and the step computes what the torch step computes (which upcasts everything to the state's dtype).
+    q, k, v = q.float(), k.float(), v.float()
     return _load_fla()["step"](q.contiguous(), k.contiguous(), v.contiguous(), gk=g.contiguous(), scale=scale,
                                initial_state=None if initial_state is None else initial_state.float().contiguous(),
                                output_final_state=True, state_v_first=state_v_first)
@@ -224,7 +227,8 @@ def gla_chunk(q, k, v, g, scale: float, initial_state=None, chunk_size: int = 32
 
 
 def gla_step(q, k, v, g, state, scale: float):
-    """One decoding step: q, k, g [B, H, K], v [B, H, V], state [B, H, K, V] -> (o [B, H, V], new state)."""
+    """One decoding step: q, k, g [B, H, K], v [B, H, V], state [B, H, K, V] -> (o [B, H, V], new state), both
+    in the state's dtype (fp32) on both paths."""
     def torch_path():
         return torch_gla_step(q, k, v, g, state, scale)
 
@@ -259,7 +263,8 @@ def ssd_step(x, dt, A, B, C, D, state):
         return torch_path()
 
     def fla_path():
-        y, new = ssd_as_gla(_fla_step, x.unsqueeze(1), dt.unsqueeze(1), A, B.unsqueeze(1), C.unsqueeze(1), D, state)
+        y, new = ssd_as_gla(_fla_step, x.float().unsqueeze(1), dt.unsqueeze(1), A, B.unsqueeze(1), C.unsqueeze(1),
+                            D, state)  # fp32 x: v = x * dt is not rounded to x's dtype in a step
         return y.squeeze(1), new
 
     return _try_fla("ssd via fused_recurrent_gla", tuple(x.shape[1:]) + tuple(B.shape[1:]), fla_path, torch_path)

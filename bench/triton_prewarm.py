@@ -1,0 +1,156 @@
+"""Compile, on many CPU cores at once, every Triton kernel a GPU session is about to use.
+
+    python bench/triton_prewarm.py [--workers 15] [--parts tests,layers,models] [--limit 300]
+
+Why: fla's kernels autotune over up to 24 configs each, and Triton compiles each config on its first use,
+one after another, in one process. On the H200 machine a first forward+backward of one head shape took more
+than 110 s that way, longer than the time a GPU session can give it.
+
+How: W worker processes run the same workload that the session will run (the CUDA tests; forward+backward
+of every benchmarked layer; a two-layer version of every benchmarked model,
+trained one step and decoding one token). In the workers Triton's autotuner is patched: on every kernel call
+worker w only *compiles* the candidate configs i with i % W == w (without timing them) and runs the kernel
+with the first of those. Triton writes every compiled kernel to its on-disk cache (~/.triton/cache), so
+together the workers put every candidate of every kernel specialisation there; the tests and benchmarks
+that follow run unpatched, and their autotuning only loads and times the candidates.
+
+The patch lives in this script only; statex never changes how Triton or fla tune.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# Triton specialises integer arguments (==1, %16==0, neither); fla's recurrence kernels take only T as a
+# runtime integer and mark it do_not_specialize, so the batch and length here only need to be small. Two
+# batch sizes cover kernels elsewhere (norms) that take a row count.
+LAYER_BATCHES = (1, 2)
+LAYER_LENGTH = 2048
+PARTS = ("tests", "layers", "models")
+
+
+def shard_autotuner(index: int, count: int) -> None:
+    """Make every Triton autotuner compile only its candidates index, index + count, ... and run the first."""
+    from triton.runtime.autotuner import Autotuner
+
+    original = Autotuner.run
+
+    def run(self, *args, **kwargs):
+        if len(self.configs) <= 1:
+            return original(self, *args, **kwargs)
+        self.nargs = dict(zip(self.arg_names, args))
+        candidates = self.prune_configs(kwargs)
+        mine = candidates[index::count] or [candidates[index % len(candidates)]]
+        for config in mine:
+            try:
+                self.fn.run(*args, **{**kwargs, "warmup": True}, **config.all_kwargs())
+            except Exception as exc:  # out of resources etc.: the real autotuner skips such configs too
+                print(f"compile failed for {self.base_fn.__name__} {config}: {type(exc).__name__}", flush=True)
+        self.nargs = None
+        config = mine[0]
+        if config.pre_hook is not None:
+            config.pre_hook({**dict(zip(self.arg_names, args)), **kwargs, **config.all_kwargs()})
+        return self.fn.run(*args, **kwargs, **config.all_kwargs())
+
+    Autotuner.run = run
+
+
+def workload(parts: list[str]) -> None:
+    import torch
+
+    sys.path.insert(0, str(ROOT / "src"))
+    sys.path.insert(0, str(ROOT / "bench"))
+    import gpu_bench
+
+    def stage(name, fn):
+        started = time.time()
+        try:
+            fn()
+            print(f"{name}: done in {time.time() - started:.0f} s", flush=True)
+        except Exception as exc:  # keep warming the rest
+            print(f"{name}: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+        torch.cuda.empty_cache()
+
+    if "tests" in parts:
+        import pytest
+
+        stage("tests", lambda: pytest.main(["-q", "-p", "no:cacheprovider", str(ROOT / "tests" / "test_gpu.py")]))
+    if "layers" in parts:
+        for name in gpu_bench.CASE_NAMES["layers"]:
+            def layer_case(name=name):
+                layer = gpu_bench.build_layer(name)[0].to("cuda", torch.bfloat16)
+                for batch in LAYER_BATCHES:
+                    gpu_bench.layer_step(layer, batch, LAYER_LENGTH)()
+            stage(f"layer {name}", layer_case)
+    if "models" in parts:
+        names = dict.fromkeys(gpu_bench.CASE_NAMES["model"] + gpu_bench.CASE_NAMES["decode"])
+        for name in names:
+            def model_case(name=name):
+                model = gpu_bench.build_model(name, n_layer=2)
+                gpu_bench.train_step(model.train(), batch=2)()
+                model = model.to(torch.bfloat16).eval()
+                for batch in gpu_bench.DECODE_BATCHES:
+                    gpu_bench.decode_step(model, batch)()
+            stage(f"model {name}", model_case)
+
+
+def cache_entries() -> int:
+    cache = Path(os.environ.get("TRITON_CACHE_DIR", Path.home() / ".triton" / "cache"))
+    return sum(1 for _ in cache.iterdir()) if cache.is_dir() else 0
+
+
+def drive(args) -> int:
+    """Start the workers, report progress, stop them at the time limit."""
+    started, before = time.time(), cache_entries()
+    logs = Path(args.log_dir)
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "STATEX_BACKEND": "fla"}
+    workers = []
+    for index in range(args.workers):
+        log = open(logs / f"worker{index}.log", "w")
+        cmd = [sys.executable, __file__, "--worker", f"{index}/{args.workers}", "--parts", ",".join(args.parts)]
+        workers.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
+    while any(p.poll() is None for p, _ in workers) and time.time() - started < args.limit:
+        time.sleep(10)
+        running = sum(p.poll() is None for p, _ in workers)
+        print(f"[{time.time() - started:4.0f} s] {running} of {args.workers} workers running, "
+              f"{cache_entries() - before} new Triton cache entries", flush=True)
+    stopped = [p for p, _ in workers if p.poll() is None]
+    for p in stopped:
+        p.kill()
+    for p, log in workers:
+        p.wait()
+        log.close()
+    print(f"prewarm: {time.time() - started:.0f} s, {cache_entries() - before} new cache entries, "
+          f"{len(stopped)} workers stopped at the {args.limit} s limit", flush=True)
+    return 1 if stopped else 0
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    parser.add_argument("--parts", default=",".join(PARTS))
+    parser.add_argument("--limit", type=float, default=300, help="seconds before the workers are stopped")
+    parser.add_argument("--log-dir", default="out/prewarm")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # index/count, set by the driver
+    args = parser.parse_args(argv)
+    args.parts = [p for p in args.parts.split(",") if p]
+    unknown = sorted(set(args.parts) - set(PARTS))
+    if unknown:
+        sys.exit(f"triton_prewarm.py: unknown part(s) {', '.join(unknown)} (choose from {', '.join(PARTS)})")
+    if args.worker:
+        index, count = (int(x) for x in args.worker.split("/"))
+        os.environ["FLA_CACHE_RESULTS"] = "0"  # a worker's timings cover only its shard: never store them
+        shard_autotuner(index, count)
+        workload(args.parts)
+        return
+    sys.exit(drive(args))
+
+
+if __name__ == "__main__":
+    main()
