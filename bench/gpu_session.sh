@@ -5,33 +5,36 @@
 #   3. bench/gpu_bench.py, part by part, each part in its own process with its own time limit.
 # Usage: OUT=out/gpu bash bench/gpu_session.sh
 # Needs CUDA, torch with Triton, and flash-linear-attention importable (PYTHONPATH may point at src/).
-# Knobs (environment): STAGES (default "prewarm tests bench"), WORKERS, PREWARM_PARTS, PREWARM_LIMIT,
+# Knobs (environment): STAGES (default "prewarm tests bench", run in the order given), WORKERS,
+# PREWARM_PARTS, PREWARM_LIMIT,
 # TEST_LIMIT, PARTS, PART_TIMEOUTS, LENGTHS.
 set -u
 OUT=${OUT:-out/gpu}
 STAGES=${STAGES:-prewarm tests bench}
 mkdir -p "$OUT"
 stamp() { echo "[$(date +%T)] $*"; }
-has() { case " $STAGES " in *" $1 "*) return 0;; esac; return 1; }
 
-if has prewarm; then
-    stamp "prewarm"
+prewarm() {
     python3 bench/triton_prewarm.py --workers "${WORKERS:-15}" --parts "${PREWARM_PARTS:-tests,layers,models}" \
         --limit "${PREWARM_LIMIT:-240}" --log-dir "$OUT/prewarm-logs" 2>&1 | tee "$OUT/prewarm.log" | tail -4
-    # keep one worker's log (the rest repeat it) beside the summary
+    # keep one worker's log (the others repeat it) beside the summary
     cp "$OUT/prewarm-logs/worker0.log" "$OUT/prewarm-worker0.log" 2>/dev/null; rm -rf "$OUT/prewarm-logs"
-fi
-if has tests; then
-    stamp "tests"
+}
+tests() {
     timeout "${TEST_LIMIT:-150}" python3 -m pytest -s -q -rA -p no:cacheprovider tests/test_gpu.py \
         > "$OUT/gpu_tests.log" 2>&1
     stamp "tests rc=$?"
     grep -E "^(PASSED|FAILED|ERROR) |passed|failed" "$OUT/gpu_tests.log" | tail -40
-fi
-if has bench; then
-    stamp "bench"
+}
+bench() {
     python3 bench/gpu_bench.py --out "$OUT/bench" --parts "${PARTS:-peak,layers,model,decode}" \
         --lengths "${LENGTHS:-2048,8192,32768,65536}" \
         --part-timeouts "${PART_TIMEOUTS:-peak=30,layers=120,model=90,decode=60}"
-fi
+}
+for stage in $STAGES; do
+    case $stage in
+        prewarm|tests|bench) stamp "$stage"; $stage ;;
+        *) echo "gpu_session.sh: unknown stage '$stage' (prewarm, tests, bench)" >&2; exit 2 ;;
+    esac
+done
 stamp "done"

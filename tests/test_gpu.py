@@ -20,33 +20,43 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
-def run_both(fn, inputs: list[torch.Tensor], fast_dtype=torch.bfloat16, float_args=()):
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def run_both(fn, inputs: list[torch.Tensor], fast_dtype=torch.bfloat16, float_args=(), noise: bool = False):
     """fn on the fla path with inputs cast to fast_dtype, and on the torch path in fp32 (the same rounded
-    values, upcast); returns {name: relative error} for outputs and input gradients."""
-    results = {}
+    values, upcast). Returns {name: relative error} for outputs and input gradients; with noise=True also
+    {name: relative change} that rounding the inputs to fast_dtype alone causes in the fp32 torch path."""
     fast_in = [x.to(fast_dtype if i not in float_args else torch.float32).detach().requires_grad_()
                for i, x in enumerate(inputs)]
     ref_in = [x.detach().float().requires_grad_() for x in fast_in]
     backends.set_backend("fla")
     try:
-        fast_out = fn(*fast_in)
+        fast = outputs_and_grads(fn, fast_in)
     finally:
         backends.set_backend("torch")
     try:
-        ref_out = fn(*ref_in)
+        ref = outputs_and_grads(fn, ref_in)
+        exact = outputs_and_grads(fn, [x.detach().float().requires_grad_() for x in inputs]) if noise else None
     finally:
         backends.set_backend("auto")
-    weights = [torch.randn_like(o, dtype=torch.float32) for o in ref_out]
-    for i, (a, b) in enumerate(zip(fast_out, ref_out)):
-        results[f"out{i}"] = rel_err(a, b)
-    used = [i for i, x in enumerate(ref_in)]
-    g_fast = torch.autograd.grad(sum((o.float() * w).sum() for o, w in zip(fast_out, weights)), fast_in,
-                                 allow_unused=True)
-    g_ref = torch.autograd.grad(sum((o * w).sum() for o, w in zip(ref_out, weights)), ref_in, allow_unused=True)
-    for i in used:
-        if g_ref[i] is not None:
-            results[f"grad{i}"] = rel_err(g_fast[i], g_ref[i])
-    return results
+    errors = {name: rel_err(fast[name], ref[name]) for name in ref}
+    if not noise:
+        return errors
+    return errors, {name: rel_err(ref[name], exact[name]) for name in ref}
+
+
+def outputs_and_grads(fn, inputs: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """fn's outputs and the gradients of a fixed random projection of them w.r.t. every input."""
+    outs = fn(*inputs)
+    weights = torch.Generator(device=outs[0].device).manual_seed(1)
+    loss = sum((o.float() * torch.randn(o.shape, device=o.device, generator=weights)).sum() for o in outs)
+    grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+    result = {f"out{i}": o.detach() for i, o in enumerate(outs)}
+    result.update({f"grad{i}": g for i, g in enumerate(grads) if g is not None})
+    return result
 
 
 GLA_SHAPES = {  # (heads, head key dim, head value dim)
@@ -98,9 +108,14 @@ def test_ssd_chunk_fast_path_matches_torch(shape, length, with_state):
     def fn(x, dt, A, Bm, Cm, D, s0=None):
         return backends.ssd_chunk(x, dt, A, Bm, Cm, D, s0)
 
-    errors = run_both(fn, inputs, float_args=(1, 2, 5, 6))  # dt, A, D and states stay fp32, as in the mixer
-    print(shape, length, with_state, errors)
-    assert max(errors.values()) < TOLERANCE, errors
+    # dt, A, D and states stay fp32, as in the mixer
+    errors, noise = run_both(fn, inputs, float_args=(1, 2, 5, 6), noise=True)
+    print(shape, length, with_state, "errors", errors, "input-rounding noise", noise)
+    # The gradient of A (grad2) is one number per head summed over batch x length x d_state terms of both
+    # signs: cancellation makes its relative error large even when every term is accurate. It is held to
+    # the error that rounding the inputs to bf16 causes in the fp32 reference itself (x3); all else to 1e-2.
+    assert max(v for k, v in errors.items() if k != "grad2") < TOLERANCE, errors
+    assert errors["grad2"] < max(TOLERANCE, 3 * noise["grad2"]), (errors, noise)
 
 
 def assert_step_close(fast, ref):
