@@ -250,9 +250,14 @@ CASES = {"peak": case_peak, "layers": case_layers, "decode": case_decode, "model
 # ---- driver ------------------------------------------------------------------------------------------------------
 
 
-def plan(parts: list[str]) -> list[tuple[str, str]]:
+def plan(parts: list[str], only: list[str] | None = None) -> list[tuple[str, str]]:
     """One process per part (kernels compiled once per process are reused by its cases)."""
-    return [(part, "+".join(CASE_NAMES[part])) for part in CASE_NAMES if part in parts]
+    return [(part, "+".join(selected(CASE_NAMES[part], only))) for part in CASE_NAMES
+            if part in parts and selected(CASE_NAMES[part], only)]
+
+
+def selected(names: list[str], only: list[str] | None) -> list[str]:
+    return [n for n in names if not only or n in only]
 
 
 def run_case(cmd: list[str], log_path: Path, limit: float) -> tuple[str, bool | str]:
@@ -279,7 +284,7 @@ def run_all(args) -> list[dict]:
     results = []
     log = open(out / "results.jsonl", "a")
     limits = {k: int(v) for k, _, v in (x.partition("=") for x in args.part_timeouts.split(",") if x)}
-    for part, name in plan(args.parts):
+    for part, name in plan(args.parts, args.only):
         cmd = [sys.executable, __file__, "--case", part, "--name", name, "--tokens", str(args.tokens),
                "--lengths", ",".join(map(str, args.lengths)), "--model-batch", str(args.model_batch)]
         started = time.time()
@@ -367,11 +372,18 @@ def main(argv=None) -> None:
     parser.add_argument("--model-batch", type=int, default=8, help="sequences of 2048 per whole-model step")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per part's process")
     parser.add_argument("--part-timeouts", default="", help="per-part limits, e.g. layers=130,model=100")
+    parser.add_argument("--only", default="", help="comma-separated case names to run (default: all), "
+                        "e.g. fla-gla,statex-mamba2,gla:statex")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--name", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.parts = [p for p in args.parts.split(",") if p]
     args.lengths = [int(x) for x in args.lengths.split(",") if x]
+    args.only = [x for x in args.only.split(",") if x]
+    known = {n for names in CASE_NAMES.values() for n in names}
+    if set(args.only) - known:
+        sys.exit(f"gpu_bench.py: unknown case(s) {', '.join(sorted(set(args.only) - known))} "
+                 f"(known: {', '.join(sorted(known))})")
     if args.case:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
         CASES[args.case](args)

@@ -7,7 +7,7 @@
 # Needs CUDA, torch with Triton, and flash-linear-attention importable (PYTHONPATH may point at src/).
 # Knobs (environment): STAGES (default "prewarm tests bench", run in the order given), WORKERS,
 # PREWARM_PARTS, PREWARM_LIMIT,
-# TEST_LIMIT, PARTS, PART_TIMEOUTS, LENGTHS.
+# TEST_LIMIT, TEST_K (pytest -k for the tests and their prewarm), PARTS, ONLY (case names), PART_TIMEOUTS, LENGTHS.
 set -u
 OUT=${OUT:-out/gpu}
 STAGES=${STAGES:-prewarm tests bench}
@@ -16,18 +16,18 @@ stamp() { echo "[$(date +%T)] $*"; }
 
 prewarm() {
     python3 bench/triton_prewarm.py --workers "${WORKERS:-15}" --parts "${PREWARM_PARTS:-tests,layers,models}" \
-        --limit "${PREWARM_LIMIT:-240}" --log-dir "$OUT/prewarm-logs" 2>&1 | tee "$OUT/prewarm.log" | tail -4
+        --limit "${PREWARM_LIMIT:-240}" --tests-k "${TEST_K:-}" --only "${ONLY:-}" --log-dir "$OUT/prewarm-logs" 2>&1 | tee "$OUT/prewarm.log" | tail -4
     # keep one worker's log (the others repeat it) beside the summary
     cp "$OUT/prewarm-logs/worker0.log" "$OUT/prewarm-worker0.log" 2>/dev/null; rm -rf "$OUT/prewarm-logs"
 }
 tests() {
-    timeout "${TEST_LIMIT:-150}" python3 -m pytest -s -q -rA -p no:cacheprovider tests/test_gpu.py \
+    timeout "${TEST_LIMIT:-150}" python3 -m pytest -s -q -rA -p no:cacheprovider ${TEST_K:+-k "$TEST_K"} tests/test_gpu.py \
         > "$OUT/gpu_tests.log" 2>&1
     stamp "tests rc=$?"
     grep -E "^(PASSED|FAILED|ERROR) |passed|failed" "$OUT/gpu_tests.log" | tail -40
 }
 bench() {
-    python3 bench/gpu_bench.py --out "$OUT/bench" --parts "${PARTS:-peak,layers,model,decode}" \
+    python3 bench/gpu_bench.py --out "$OUT/bench" --parts "${PARTS:-peak,layers,model,decode}" --only "${ONLY:-}" \
         --lengths "${LENGTHS:-2048,8192,32768,65536}" \
         --part-timeouts "${PART_TIMEOUTS:-peak=30,layers=120,model=90,decode=60}"
 }

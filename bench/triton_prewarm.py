@@ -1,6 +1,7 @@
 """Compile, on many CPU cores at once, every Triton kernel a GPU session is about to use.
 
     python bench/triton_prewarm.py [--workers 15] [--parts tests,layers,models] [--limit 300]
+        [--tests-k EXPR] [--only CASE,...]
 
 Why: fla's kernels autotune over up to 24 configs each, and Triton compiles each config on its first use,
 one after another, in one process. On the H200 machine a first forward+backward of one head shape took more
@@ -60,7 +61,7 @@ def shard_autotuner(index: int, count: int) -> None:
     Autotuner.run = run
 
 
-def workload(parts: list[str]) -> None:
+def workload(parts: list[str], tests_k: str = "", only: list[str] | None = None) -> None:
     import torch
 
     sys.path.insert(0, str(ROOT / "src"))
@@ -79,16 +80,19 @@ def workload(parts: list[str]) -> None:
     if "tests" in parts:
         import pytest
 
-        stage("tests", lambda: pytest.main(["-q", "-p", "no:cacheprovider", str(ROOT / "tests" / "test_gpu.py")]))
+        selection = ["-k", tests_k] if tests_k else []
+        stage("tests", lambda: pytest.main(["-q", "-p", "no:cacheprovider", *selection,
+                                            str(ROOT / "tests" / "test_gpu.py")]))
     if "layers" in parts:
-        for name in gpu_bench.CASE_NAMES["layers"]:
+        for name in gpu_bench.selected(gpu_bench.CASE_NAMES["layers"], only):
             def layer_case(name=name):
                 layer = gpu_bench.build_layer(name)[0].to("cuda", torch.bfloat16)
                 for batch in LAYER_BATCHES:
                     gpu_bench.layer_step(layer, batch, LAYER_LENGTH)()
             stage(f"layer {name}", layer_case)
     if "models" in parts:
-        names = dict.fromkeys(gpu_bench.CASE_NAMES["model"] + gpu_bench.CASE_NAMES["decode"])
+        names = dict.fromkeys(gpu_bench.selected(gpu_bench.CASE_NAMES["model"] + gpu_bench.CASE_NAMES["decode"],
+                                                 only))
         for name in names:
             def model_case(name=name):
                 model = gpu_bench.build_model(name, n_layer=2)
@@ -113,7 +117,8 @@ def drive(args) -> int:
     workers = []
     for index in range(args.workers):
         log = open(logs / f"worker{index}.log", "w")
-        cmd = [sys.executable, __file__, "--worker", f"{index}/{args.workers}", "--parts", ",".join(args.parts)]
+        cmd = [sys.executable, __file__, "--worker", f"{index}/{args.workers}", "--parts", ",".join(args.parts),
+               "--tests-k", args.tests_k, "--only", ",".join(args.only)]
         workers.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
     while any(p.poll() is None for p, _ in workers) and time.time() - started < args.limit:
         time.sleep(10)
@@ -137,9 +142,12 @@ def main(argv=None) -> None:
     parser.add_argument("--parts", default=",".join(PARTS))
     parser.add_argument("--limit", type=float, default=300, help="seconds before the workers are stopped")
     parser.add_argument("--log-dir", default="out/prewarm")
+    parser.add_argument("--tests-k", default="", help="pytest -k expression selecting the CUDA tests to warm")
+    parser.add_argument("--only", default="", help="benchmark case names to warm (gpu_bench.py --only)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # index/count, set by the driver
     args = parser.parse_args(argv)
     args.parts = [p for p in args.parts.split(",") if p]
+    args.only = [x for x in args.only.split(",") if x]
     unknown = sorted(set(args.parts) - set(PARTS))
     if unknown:
         sys.exit(f"triton_prewarm.py: unknown part(s) {', '.join(unknown)} (choose from {', '.join(PARTS)})")
@@ -147,7 +155,7 @@ def main(argv=None) -> None:
         index, count = (int(x) for x in args.worker.split("/"))
         os.environ["FLA_CACHE_RESULTS"] = "0"  # a worker's timings cover only its shard: never store them
         shard_autotuner(index, count)
-        workload(args.parts)
+        workload(args.parts, args.tests_k, args.only)
         return
     sys.exit(drive(args))
 
