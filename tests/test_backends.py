@@ -148,3 +148,55 @@ def test_a_failing_fast_kernel_falls_back_once_with_a_warning(monkeypatch):
     monkeypatch.setattr(backends, "_backend", "fla")  # an explicit request for fla never hides its errors
     with pytest.raises(RuntimeError, match="no kernel"):
         backends._try_fla("op", (3,), broken, lambda: "torch")
+
+
+# ---- the gated norm: plumbing into fla's two fused-norm functions, checked with torch stand-ins -------------------
+
+
+def fake_norm_then_gate(x, g, weight, bias, activation="swish", eps=1e-6):
+    """fla's rms_norm_gated as documented: RMSNorm over the last dim, times weight, times silu(g)."""
+    assert bias is None and activation == "swish"
+    return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight * F.silu(g)).to(x.dtype)
+
+
+def fake_grouped_norm(x, weight, bias, z=None, eps=1e-6, group_size=None, norm_before_gate=True):
+    """fla's rmsnorm_fn as documented: groups of group_size channels, weight over all channels, SiLU gate z
+    applied before the norm or after it."""
+    assert bias is None and weight.shape[0] == x.shape[-1]
+    if not norm_before_gate:
+        x = x * F.silu(z)
+    grouped = x.unflatten(-1, (-1, group_size or x.shape[-1]))
+    y = (grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + eps)).flatten(-2) * weight
+    return y * F.silu(z) if norm_before_gate else y
+
+
+@pytest.mark.parametrize("weight_dim,group_size,norm_before_gate", [
+    (16, 16, True),  # GLA: per-head norm, one weight shared by all heads (-> rms_norm_gated)
+    (64, 32, False),  # Mamba2 with 2 groups: gate, then grouped norm, weight over all channels (-> rmsnorm_fn)
+    (64, 16, True),  # norm first, weight over all channels (-> rmsnorm_fn)
+    (16, 16, False),  # shared weight, gate first (-> rmsnorm_fn with the weight repeated)
+])
+def test_gated_norm_reaches_fla_functions_with_the_right_shapes(monkeypatch, weight_dim, group_size,
+                                                                norm_before_gate):
+    from statex.models.layers import GroupedGatedRMSNorm
+
+    norm = GroupedGatedRMSNorm(weight_dim, group_size, eps=1e-5, norm_before_gate=norm_before_gate).double()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x, gate = torch.randn(2, 5, 64, dtype=torch.float64), torch.randn(2, 5, 64, dtype=torch.float64)
+    calls = []
+    monkeypatch.setattr(backends, "_wants_fla", lambda *t: True)
+    monkeypatch.setattr(backends, "_fla", {
+        "norm_then_gate": lambda *a, **k: calls.append("norm_then_gate") or fake_norm_then_gate(*a, **k),
+        "grouped_norm": lambda *a, **k: calls.append("grouped_norm") or fake_grouped_norm(*a, **k)})
+    inputs = [t.clone().requires_grad_() for t in (x, gate)]
+    fast = norm(*inputs)
+    g_fast = torch.autograd.grad(fast.sum(), [*inputs, norm.weight])
+    ref_inputs = [t.clone().requires_grad_() for t in (x, gate)]
+    ref = norm.reference(*ref_inputs)
+    g_ref = torch.autograd.grad(ref.sum(), [*ref_inputs, norm.weight])
+    expected = "norm_then_gate" if norm_before_gate and weight_dim == group_size else "grouped_norm"
+    assert calls == [expected]
+    torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
+    for a, b in zip(g_fast, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -118,6 +118,32 @@ def test_ssd_chunk_fast_path_matches_torch(shape, length, with_state):
     assert errors["grad2"] < max(TOLERANCE, 3 * noise["grad2"]), (errors, noise)
 
 
+NORM_SHAPES = {  # (channels, weight dim, group size, norm before gate)
+    "gla-1.3b": (2048, 512, 512, True),  # 4 heads of 512, one weight shared by the heads
+    "gla-1.3b-statex": (2048, 2048, 2048, True),  # the merged head
+    "mamba2-1.3b": (4096, 4096, 4096, False),
+    "mamba2-groups": (4096, 4096, 2048, False),
+}
+
+
+@pytest.mark.parametrize("shape", list(NORM_SHAPES))
+def test_gated_norm_fast_path_matches_torch(shape):
+    from statex.models.layers import GroupedGatedRMSNorm
+
+    width, weight_dim, group, before = NORM_SHAPES[shape]
+    norm = GroupedGatedRMSNorm(weight_dim, group, eps=1e-6, norm_before_gate=before).cuda()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x, gate = torch.randn(2, 300, width, device="cuda"), torch.randn(2, 300, width, device="cuda")
+
+    def fn(x, gate):
+        return (norm(x, gate),)
+
+    errors = run_both(fn, [x, gate])
+    print("norm", shape, errors)
+    assert max(errors.values()) < TOLERANCE, errors
+
+
 def assert_step_close(fast, ref):
     """Both steps compute in fp32 (q, k, v of a bf16 model are upcast: one token's state dominates the cost), so
     output and state agree to fp32 rounding, not bf16's."""

@@ -5,6 +5,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from statex.ops import backends
+
 
 class RMSNorm(nn.Module):
     """y = x / rms(x) * weight, computed in fp32, returned in the weight's dtype."""
@@ -37,6 +39,11 @@ class GroupedGatedRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(weight_dim))
 
     def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        return backends.gated_rms_norm(x, gate, self.weight, self.eps, self.group_size, self.norm_before_gate,
+                                       lambda: self.reference(x, gate))
+
+    def reference(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        """The pure-torch computation (CPU, fp64, and the reference for the fused CUDA kernels)."""
         out_dtype = x.dtype
         work = torch.float64 if x.dtype == torch.float64 else torch.float32
         x, gate = x.to(work), gate.to(work)

@@ -1,8 +1,8 @@
-"""Which kernel runs a mixer's recurrence: fla's Triton kernels on CUDA tensors, the pure-torch ops otherwise.
+"""Which kernel runs a mixer's recurrence (and the gated norm after it): fla's Triton kernels on CUDA tensors,
+the pure-torch ops otherwise.
 
-The mixers call only the four functions at the bottom (``gla_chunk``, ``gla_step``, ``ssd_chunk``,
-``ssd_step``); each takes the same arguments and returns the same layouts as the torch op of the same name
-in ``statex.ops``.
+The mixers call only the functions at the bottom (``gla_chunk``, ``gla_step``, ``ssd_chunk``, ``ssd_step``,
+``gated_rms_norm``); each takes the same arguments and returns the same layouts as the torch op it replaces.
 
 Fast path (CUDA, flash-linear-attention installed, ``pip install 'statex[gpu]'``):
 
@@ -41,7 +41,7 @@ MAX_VALUE_BLOCK = 512
 MIN_BLOCK = 16
 
 _backend = os.environ.get("STATEX_BACKEND", "auto")
-_fla: dict | None = None  # {"chunk": chunk_gla, "step": fused_recurrent_gla}, or {} when not importable
+_fla: dict | None = None  # fla's functions by role ("chunk", "step", "norm_then_gate", "grouped_norm"), or {}
 _fla_error = [""]  # why fla could not be imported
 _warned: set[str] = set()  # keys of the one-time warnings already given
 _failed: set[str] = set()  # (op, shape) keys fla raised on; they run on torch from then on
@@ -73,8 +73,11 @@ def _load_fla() -> dict:
     global _fla
     if _fla is None:
         try:
+            from fla.modules.norm.fused_norm_gate import rms_norm_gated
+            from fla.modules.norm.layernorm_gated import rmsnorm_fn
             from fla.ops.gla import chunk_gla, fused_recurrent_gla
-            _fla = {"chunk": chunk_gla, "step": fused_recurrent_gla}
+            _fla = {"chunk": chunk_gla, "step": fused_recurrent_gla, "norm_then_gate": rms_norm_gated,
+                    "grouped_norm": rmsnorm_fn}
         except Exception as exc:  # ImportError, or Triton failing to initialise
             _fla = {}
             _fla_error[0] = f"{type(exc).__name__}: {exc}"
@@ -213,6 +216,30 @@ def _try_fla(name: str, shape_key: tuple, call: Callable, fallback: Callable):
 
 
 # ---- what the mixers call ----------------------------------------------------------------------------------------
+
+
+def gated_rms_norm(x, gate, weight, eps: float, group_size: int, norm_before_gate: bool, torch_path: Callable):
+    """The gated RMSNorm after a mixer's recurrence (``statex.models.layers.GroupedGatedRMSNorm``; torch_path
+    computes it). On CUDA it runs fla's fused Triton kernels, one pass forward and one backward instead of a
+    dozen fp32 elementwise passes: ``rms_norm_gated`` (the kernel of fla's own GLA layer) for norm-then-gate
+    with one weight shared by every group, ``rmsnorm_fn`` (grouped, either order) otherwise."""
+    if not _wants_fla(x, gate):
+        return torch_path()
+    width = x.shape[-1]
+
+    def fla_path():
+        fla = _load_fla()
+        if norm_before_gate and weight.shape[0] == group_size:
+            shape = (*x.shape[:-1], width // group_size, group_size)
+            y = fla["norm_then_gate"](x.reshape(shape), gate.reshape(shape), weight, None, activation="swish",
+                                      eps=eps)
+            return y.reshape(x.shape)
+        full = weight if weight.shape[0] == width else weight.repeat(width // weight.shape[0])
+        return fla["grouped_norm"](x, full, None, z=gate, eps=eps, group_size=group_size,
+                                   norm_before_gate=norm_before_gate)
+
+    return _try_fla("gated_rms_norm", (width, group_size, norm_before_gate), fla_path, torch_path)
+
 
 
 def gla_chunk(q, k, v, g, scale: float, initial_state=None, chunk_size: int = 32):
