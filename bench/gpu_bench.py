@@ -2,7 +2,8 @@
 
     python bench/gpu_bench.py --out DIR [--parts peak,layers,decode,model] [--lengths 2048,8192,32768,65536]
 
-Parts (each case runs in its own process with a timeout, so one stuck Triton compile costs only its case):
+Parts (each case runs in its own process with the part's time limit, so one stuck Triton compile costs only its
+case):
 - peak: bf16 matmul 8192^3, the TFLOP/s every other figure is compared against.
 - layers: forward+backward of one layer (bf16 weights and activations) at 1.3B shapes over ``--tokens`` tokens
   per step (batch = tokens / T): statex GLA 4 heads of 256 x 512, statex GLA StateX-merged (1 head of
@@ -104,6 +105,14 @@ def cuda_time(fn, warmup: int = 2, repeats: int = 5) -> float:
     return sorted(times)[len(times) // 2]
 
 
+_started = time.time()
+
+
+def progress(message: str) -> None:
+    """A timestamped line in the part's log (where the time of a slow case went)."""
+    print(f"[{time.time() - _started:6.1f} s] {message}", flush=True)
+
+
 def emit(record: dict) -> None:
     print("RESULT " + json.dumps(record), flush=True)
 
@@ -119,8 +128,10 @@ def each_name(case):
     """Run case(args, name) for every name of a '+'-joined list; a failure is recorded and the next runs."""
     def run(args) -> None:
         for name in args.name.split("+"):
+            progress(f"{case.__name__[5:]} {name}: start")
             try:
                 case(args, name)
+                progress(f"{case.__name__[5:]} {name}: done")
             except Exception as exc:
                 emit({"part": case.__name__[5:], "name": name, "error": f"{type(exc).__name__}: {exc}"[:300]})
             torch.cuda.empty_cache()
@@ -149,14 +160,17 @@ def case_layers(args, name: str) -> None:
     for length in args.lengths:
         batch = max(1, args.tokens // length)
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
         try:
             step = layer_step(layer, batch, length)
+            step()  # the first call compiles and autotunes: its buffers are not the layer's memory
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
             seconds = cuda_time(step)
         except torch.OutOfMemoryError:
             emit({"part": "layers", "name": name, "T": length, "error": "out of memory"})
             continue
         tokens = batch * length
+        progress(f"{name} T={length}: {1000 * seconds:.1f} ms")
         emit({"part": "layers", "name": name, "T": length, "batch": batch, "seconds": seconds,
               "tokens_per_s": tokens / seconds, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
               "tflops": flops * tokens / seconds / 1e12, "flops_per_token": flops,
@@ -230,6 +244,8 @@ def case_model(args, name: str) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     length, batch = 2048, args.model_batch
     step = train_step(model, batch, length, optimizer)
+    step()  # compile, autotune, optimizer state
+    torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     seconds = cuda_time(step, warmup=2, repeats=5)
     kernel = sum(kernel_flops_per_token(s.num_heads, s.head_k_dim, s.head_v_dim) for s in model.config.layers)
@@ -251,9 +267,9 @@ CASES = {"peak": case_peak, "layers": case_layers, "decode": case_decode, "model
 
 
 def plan(parts: list[str], only: list[str] | None = None) -> list[tuple[str, str]]:
-    """One process per part (kernels compiled once per process are reused by its cases)."""
-    return [(part, "+".join(selected(CASE_NAMES[part], only))) for part in CASE_NAMES
-            if part in parts and selected(CASE_NAMES[part], only)]
+    """(part, case name) in order: one process each, so that a case stuck compiling costs only itself; compiled
+    kernels and autotuning results reach the later processes through Triton's on-disk cache."""
+    return [(part, name) for part in CASE_NAMES if part in parts for name in selected(CASE_NAMES[part], only)]
 
 
 def selected(names: list[str], only: list[str] | None) -> list[str]:

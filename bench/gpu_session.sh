@@ -7,12 +7,20 @@
 # Needs CUDA, torch with Triton, and flash-linear-attention importable (PYTHONPATH may point at src/).
 # Knobs (environment): STAGES (default "prewarm tests bench", run in the order given), WORKERS,
 # PREWARM_PARTS, PREWARM_LIMIT,
-# TEST_LIMIT, TEST_K (pytest -k for the tests and their prewarm), PARTS, ONLY (case names), PART_TIMEOUTS, LENGTHS.
+# TEST_LIMIT, TEST_K (pytest -k for the tests and their prewarm), PARTS, ONLY (case names), PART_TIMEOUTS (per case),
+# LENGTHS, AUTOTUNE_TGZ.
+# Autotuning results (Triton's *.autotune.json files, a few kB) are saved as $OUT/autotune.tgz; pass one back as
+# AUTOTUNE_TGZ=path to a later call on the same kind of GPU and software: its kernels then compile only the chosen
+# config and skip the timing of every candidate, so that call may leave out the prewarm stage.
 set -u
 OUT=${OUT:-out/gpu}
-STAGES=${STAGES:-prewarm tests bench}
-mkdir -p "$OUT"
+STAGES=${STAGES-prewarm tests bench}
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
 stamp() { echo "[$(date +%T)] $*"; }
+CACHE=${TRITON_CACHE_DIR:-$HOME/.triton/cache}
+if [ -n "${AUTOTUNE_TGZ:-}" ]; then
+    mkdir -p "$CACHE" && tar xzf "$AUTOTUNE_TGZ" -C "$CACHE" && stamp "autotune results restored from $AUTOTUNE_TGZ"
+fi
 
 prewarm() {
     python3 bench/triton_prewarm.py --workers "${WORKERS:-15}" --parts "${PREWARM_PARTS:-tests,layers,models}" \
@@ -29,7 +37,7 @@ tests() {
 bench() {
     python3 bench/gpu_bench.py --out "$OUT/bench" --parts "${PARTS:-peak,layers,model,decode}" --only "${ONLY:-}" \
         --lengths "${LENGTHS:-2048,8192,32768,65536}" \
-        --part-timeouts "${PART_TIMEOUTS:-peak=30,layers=120,model=90,decode=60}"
+        --part-timeouts "${PART_TIMEOUTS:-peak=30,layers=90,model=90,decode=60}"
 }
 for stage in $STAGES; do
     case $stage in
@@ -37,4 +45,6 @@ for stage in $STAGES; do
         *) echo "gpu_session.sh: unknown stage '$stage' (prewarm, tests, bench)" >&2; exit 2 ;;
     esac
 done
+(cd "$CACHE" 2>/dev/null && find . -name '*.autotune.json' | tar czf "$OUT/autotune.tgz" -T -) \
+    && stamp "autotune results saved: $OUT/autotune.tgz"
 stamp "done"
