@@ -10,7 +10,7 @@ case):
   1024 x 2048), fla's own GatedLinearAttention layer at the 4-head shape, statex Mamba2 (d_state 128) and
   Mamba2 StateX (d_state 512). Tokens/s, peak memory, model TFLOP/s (see ``layer_flops``).
 - decode: tokens/s of one decoding step of the whole GLA-1.3B and Mamba2-1.3B models (random weights,
-  bf16), original and expanded, at batch 1 and 64.
+  bf16), original and expanded, at batch 1 and 64, eager and replayed from a CUDA graph.
 - model: whole-model training step (autocast bf16, fp32 master weights, AdamW) of GLA-1.3B at T=2048 with and
   without every:6 expansion.
 Writes DIR/results.jsonl (one JSON object per measurement) and DIR/benchmarks.md (the tables).
@@ -193,12 +193,18 @@ def build_model(name: str, n_layer: int | None = None):
     return statex.build_model(config, device="cuda", seed=0)
 
 
-def decode_step(model, batch: int):
-    """Prefill 16 random tokens at this batch, then return a function running one decoding step (no grad)."""
+def decode_step(model, batch: int, graph: bool = False):
+    """Prefill 16 random tokens at this batch, then return a function running one decoding step (no grad):
+    eager, or replayed from a CUDA graph (statex.models.generation.StepRunner)."""
+    from statex.models.generation import StepRunner
+
     prompt = torch.randint(0, 32000, (batch, 16), device="cuda")
     with torch.no_grad():
         out = model(prompt, use_cache=True)
     state, token = out.state, out.logits[:, -1].argmax(-1, keepdim=True)
+    if graph:
+        runner = StepRunner(model, state, graph=True)
+        return lambda: runner(token[:, 0])
 
     @torch.no_grad()
     def step():
@@ -231,10 +237,11 @@ DECODE_BATCHES = (1, 64)
 @each_name
 def case_decode(args, name: str) -> None:
     model = build_model(name).to(torch.bfloat16).eval()
-    for batch in DECODE_BATCHES:
-        seconds = cuda_time(decode_step(model, batch), warmup=3, repeats=20)
-        emit({"part": "decode", "name": name, "batch": batch, "seconds_per_step": seconds,
-              "tokens_per_s": batch / seconds})
+    for graph in (False, True):
+        for batch in DECODE_BATCHES:
+            seconds = cuda_time(decode_step(model, batch, graph), warmup=3, repeats=20)
+            emit({"part": "decode", "name": name, "batch": batch, "cuda_graph": graph, "seconds_per_step": seconds,
+                  "tokens_per_s": batch / seconds})
 
 
 @each_name
@@ -348,8 +355,9 @@ def tables(results: list[dict]) -> str:
                          f"(target >= 85%: {'met' if share >= 0.85 else 'MISSED'})")
     decode = [r for r in results if r.get("part") == "decode"]
     if decode:
-        lines += [""] + markdown_table(["decode", "batch", "ms per step", "tokens/s"], decode, lambda r: [
-            r["batch"], f"{1000 * r['seconds_per_step']:.2f}", f"{r['tokens_per_s']:,.0f}"])
+        lines += [""] + markdown_table(["decode", "batch", "CUDA graph", "ms per step", "tokens/s"], decode,
+                                       lambda r: [r["batch"], "yes" if r.get("cuda_graph") else "no",
+                                                  f"{1000 * r['seconds_per_step']:.2f}", f"{r['tokens_per_s']:,.0f}"])
     return "\n".join(lines) + "\n"
 
 

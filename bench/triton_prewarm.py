@@ -99,7 +99,7 @@ def workload(parts: list[str], tests_k: str = "", only: list[str] | None = None)
                 gpu_bench.train_step(model.train(), batch=2)()
                 model = model.to(torch.bfloat16).eval()
                 for batch in gpu_bench.DECODE_BATCHES:
-                    gpu_bench.decode_step(model, batch)()
+                    gpu_bench.decode_step(model, batch)()  # the graph variant replays these same kernels
             stage(f"model {name}", model_case)
 
 

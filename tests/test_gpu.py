@@ -213,3 +213,13 @@ def test_generation_fast_path_equals_torch_path(family, expanded):
             backends.set_backend("auto")
     assert rel_err(logits["fla"], logits["torch"]) < 1e-3
     assert torch.equal(outputs["fla"], outputs["torch"])
+
+
+@pytest.mark.parametrize("family", ["gla", "mamba2"])
+@pytest.mark.parametrize("expanded", [False, True])
+def test_cuda_graph_generation_equals_eager(family, expanded):
+    model = small_model(family, expanded)
+    prompt = torch.randint(0, 300, (2, 50), generator=torch.Generator().manual_seed(2)).cuda()
+    eager = model.generate(prompt, max_new_tokens=24)
+    graphed = model.generate(prompt, max_new_tokens=24, cuda_graph=True)
+    assert torch.equal(graphed, eager)

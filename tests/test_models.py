@@ -109,6 +109,34 @@ def test_greedy_generation_equals_argmax_of_full_forwards(tiny_model):
 
 
 @torch.no_grad()
+def test_step_runner_on_fixed_buffers_equals_plain_steps(tiny_model):
+    """The decoding step that a CUDA graph captures (fixed input and state buffers, updated in place), run
+    eagerly: same logits and states as plain steps, same buffers throughout, the caller's state untouched."""
+    from statex.models.generation import StepRunner
+
+    ids = torch.randint(0, 61, (3, 12))
+    _, state = tiny_model.prefill(ids[:, :5])
+    before = [t.clone() for t in state.tensors()]
+    runner = StepRunner(tiny_model, state)
+    buffers = [t.data_ptr() for t in runner.state.tensors()]
+    plain = state
+    for t in range(5, 12):
+        got = runner(ids[:, t]).clone()
+        out = tiny_model(ids[:, t:t + 1], state=plain, use_cache=True)
+        plain = out.state
+        torch.testing.assert_close(got, out.logits[:, -1], rtol=1e-12, atol=1e-12)
+    assert [t.data_ptr() for t in runner.state.tensors()] == buffers
+    for a, b in zip(runner.state.tensors(), plain.tensors()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert all(torch.equal(a, b) for a, b in zip(state.tensors(), before))
+
+
+def test_cuda_graph_generation_needs_a_cuda_model(tiny_model):
+    with pytest.raises(ValueError, match="CUDA"):
+        tiny_model.generate(torch.randint(0, 61, (1, 4)), max_new_tokens=3, cuda_graph=True)
+
+
+@torch.no_grad()
 def test_sampling_is_seeded_and_topk1_is_greedy(tiny_model):
     prompt = torch.randint(0, 61, (2, 5))
     a = tiny_model.generate(prompt, 10, temperature=1.0, seed=3)

@@ -1,4 +1,5 @@
-"""Decoding: chunked prefill of the prompt, then one recurrent step per new token."""
+"""Decoding: chunked prefill of the prompt, then one recurrent step per new token (optionally replayed from a
+CUDA graph)."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterable
@@ -6,7 +7,7 @@ from typing import TYPE_CHECKING, Iterable
 import torch
 
 if TYPE_CHECKING:
-    from statex.models.lm import CausalLM
+    from statex.models.lm import CausalLM, RecurrentState
 
 
 def sample_next_token(
@@ -37,6 +38,52 @@ def sample_next_token(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+class StepRunner:
+    """One decoding step, model(token, state) -> logits [B, vocab], on fixed buffers: the input token and every
+    state tensor live in tensors allocated once and updated in place. That is what lets the step be captured in
+    a CUDA graph and replayed with one launch (``graph=True``, CUDA only): one token costs a few dozen small
+    kernels per layer, and launching them one by one from Python is what bounds decoding speed on a GPU
+    (docs/benchmarks.md). With ``graph=False`` the same buffers run eagerly (the CPU tests check that path).
+    The returned logits are overwritten by the next step."""
+
+    @torch.no_grad()
+    def __init__(self, model: "CausalLM", state: "RecurrentState", graph: bool = False, warmup: int = 2):
+        batch = state.batch_size
+        self.model = model
+        self.token = torch.zeros(batch, 1, dtype=torch.long, device=model.device)
+        self.state = state.map(torch.clone)
+        self.graph = None
+        if graph:
+            if self.token.device.type != "cuda":
+                raise ValueError("cuda_graph decoding needs the model on a CUDA device")
+            # Warm-up on a side stream (as torch requires before capture) on copies of the state: the first calls
+            # compile and autotune the Triton kernels, which must not happen inside the capture.
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(warmup):
+                    model(self.token, state=self.state.map(torch.clone), use_cache=True)
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.logits = self._step()
+
+    def _step(self) -> torch.Tensor:
+        out = self.model(self.token, state=self.state, use_cache=True)
+        for buffer, new in zip(self.state.tensors(), out.state.tensors()):
+            buffer.copy_(new)
+        return out.logits[:, -1]
+
+    @torch.no_grad()
+    def __call__(self, token: torch.Tensor) -> torch.Tensor:
+        """token [B] -> logits [B, vocab] of the step that consumes it; the state buffers advance by one."""
+        self.token.copy_(token.view(-1, 1))
+        if self.graph is None:
+            return self._step()
+        self.graph.replay()
+        return self.logits
+
+
 @torch.no_grad()
 def generate(
     model: "CausalLM",
@@ -49,8 +96,12 @@ def generate(
     stop_tokens: Iterable[int] | None = None,
     pad_token_id: int | None = None,
     prefill_chunk: int = 4096,
+    cuda_graph: bool = False,
 ) -> torch.Tensor:
     """Returns [B, T + n] = prompt followed by the generated tokens (n <= max_new_tokens).
+
+    ``cuda_graph=True`` (CUDA models) captures the decoding step once in a CUDA graph and replays it for every
+    token (``StepRunner``); the tokens are the same as without it.
 
     Generation ends for a row when it emits one of ``stop_tokens`` (the stop token is kept); later
     positions of finished rows are filled with ``pad_token_id`` (default: the row's stop token), and the
@@ -70,6 +121,7 @@ def generate(
     stops = torch.tensor(sorted(set(stop_tokens or [])), dtype=torch.long, device=input_ids.device)
 
     logits, state = model.prefill(input_ids, chunk_tokens=prefill_chunk)
+    runner = StepRunner(model, state, graph=True) if cuda_graph and max_new_tokens > 1 else None
     batch = input_ids.shape[0]
     finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
     fill = torch.full((batch,), -1, dtype=torch.long, device=input_ids.device)
@@ -85,7 +137,9 @@ def generate(
             finished |= just_stopped
             if bool(finished.all()):
                 break
-        if step + 1 < max_new_tokens:
+        if step + 1 < max_new_tokens and runner is not None:
+            logits = runner(token)
+        elif step + 1 < max_new_tokens:
             out = model(token.unsqueeze(1), state=state, use_cache=True)
             logits, state = out.logits[:, -1], out.state
     model.train(was_training)

@@ -35,17 +35,27 @@ class RecurrentState:
         first = self.layers[0]
         return (first.recurrent if hasattr(first, "recurrent") else first.ssm).shape[0]
 
-    def select(self, index: torch.Tensor) -> "RecurrentState":
-        """Keep the batch rows ``index`` (e.g. to drop finished sequences)."""
+    def map(self, fn) -> "RecurrentState":
+        """A state of the same structure with fn applied to every tensor."""
 
-        def pick(x):
+        def apply(x):
             if x is None:
                 return None
             if isinstance(x, tuple):
-                return tuple(pick(t) for t in x)
-            return x.index_select(0, index)
+                return tuple(apply(t) for t in x)
+            return fn(x)
 
-        return RecurrentState([type(s)(**{k: pick(v) for k, v in vars(s).items()}) for s in self.layers])
+        return RecurrentState([type(s)(**{k: apply(v) for k, v in vars(s).items()}) for s in self.layers])
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor of the state, in a fixed order (two states of one model line up)."""
+        found: list[torch.Tensor] = []
+        self.map(found.append)
+        return found
+
+    def select(self, index: torch.Tensor) -> "RecurrentState":
+        """Keep the batch rows ``index`` (e.g. to drop finished sequences)."""
+        return self.map(lambda x: x.index_select(0, index))
 
 
 @dataclass
