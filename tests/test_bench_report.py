@@ -1,0 +1,47 @@
+"""The GPU benchmark's reporting (bench/gpu_bench.py runs only on a GPU; its tables and target verdicts are
+plain Python and are checked here on made-up records)."""
+import importlib.util
+from pathlib import Path
+
+spec = importlib.util.spec_from_file_location("gpu_bench", Path(__file__).parents[1] / "bench" / "gpu_bench.py")
+gpu_bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(gpu_bench)
+
+
+def layer(name, T, seconds, flops=100.0, kernel=10.0):
+    return {"part": "layers", "name": name, "T": T, "batch": 1, "seconds": seconds, "tokens_per_s": T / seconds,
+            "peak_gib": 1.0, "tflops": 1.0, "flops_per_token": flops, "kernel_flops_per_token": kernel}
+
+
+def test_layer_and_model_targets_are_judged_from_the_numbers():
+    records = [{"part": "peak", "tflops": 800.0},
+               layer("statex-gla", 2048, 0.0105), layer("fla-gla", 2048, 0.010),
+               layer("statex-gla", 8192, 0.012), layer("fla-gla", 8192, 0.010),
+               layer("statex-gla-statex", 2048, 0.02, flops=120.0, kernel=40.0),
+               {"part": "model", "name": "gla:original", "T": 2048, "batch": 8, "seconds": 1.0,
+                "tokens_per_s": 1000.0, "peak_gib": 1.0, "tflops": 1.0},
+               {"part": "model", "name": "gla:statex", "T": 2048, "batch": 8, "seconds": 1.2,
+                "tokens_per_s": 840.0, "peak_gib": 1.0, "tflops": 1.0},
+               {"part": "layers", "name": "statex-mamba2", "error": "timed out after 90 s"}]
+    text = gpu_bench.tables(records)
+    assert "T=2048: statex / fla layer time = 1.05 (target <= 1.10: met)" in text
+    assert "T=8192: statex / fla layer time = 1.20 (target <= 1.10: MISSED)" in text
+    assert "statex-gla-statex / statex-gla: time x1.90, layer FLOPs x1.20 (recurrence FLOPs x4.00)" in text
+    assert "84.0% of the unexpanded model's (target >= 85%: MISSED)" in text
+    assert "| statex-mamba2 | timed out after 90 s |" in text
+    assert "0.1%" in text  # 1 TFLOP/s of an 800 TFLOP/s peak
+
+
+def test_case_plan_runs_one_process_per_case_and_filters():
+    assert gpu_bench.plan(["peak", "model"]) == [("peak", "bf16-matmul"), ("model", "gla:original"),
+                                                 ("model", "gla:statex")]
+    assert gpu_bench.plan(["layers", "decode"], ["fla-gla", "mamba2:statex"]) == [
+        ("layers", "fla-gla"), ("decode", "mamba2:statex")]
+
+
+def test_model_flops_count_the_expanded_recurrence():
+    # GLA-1.3B layer: 4 heads of 256 x 512 -> one merged head of 1024 x 2048 has 4x the state work per token
+    original = gpu_bench.kernel_flops_per_token(4, 256, 512)
+    merged = gpu_bench.kernel_flops_per_token(1, 1024, 2048)
+    assert original == 3 * 4 * (2 * 64 * 768 + 4 * 256 * 512)
+    assert merged - 3 * 2 * 64 * 3072 == 4 * (original - 3 * 4 * 2 * 64 * 768)
