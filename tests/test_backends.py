@@ -200,3 +200,31 @@ def test_gated_norm_reaches_fla_functions_with_the_right_shapes(monkeypatch, wei
     torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
     for a, b in zip(g_fast, g_ref):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+def test_gla_chunk_fast_path_plumbing_with_a_stand_in_kernel(monkeypatch, with_state):
+    """gla_chunk's CUDA path (V-first states at the kernel, as fla's own layer, and a 512-key head split into
+    sub-heads) with fla's chunk_gla replaced by the torch kernel behind the same signature: values, the final
+    state in statex's [K, V] layout, and every gradient equal the torch op's."""
+
+    def stand_in(q, k, v, g, scale=None, initial_state=None, output_final_state=False, state_v_first=False):
+        return backends.torch_gla_kernel(q, k, v, g, scale, initial_state, state_v_first)
+
+    monkeypatch.setattr(backends, "_wants_fla", lambda *t: True)
+    monkeypatch.setattr(backends, "_fla", {"chunk": stand_in})
+    B, T, H, K, V = 2, 37, 1, 512, 24
+    inputs = [torch.randn(B, T, H, K, dtype=torch.float64), torch.randn(B, T, H, K, dtype=torch.float64),
+              torch.randn(B, T, H, V, dtype=torch.float64),
+              F.logsigmoid(torch.randn(B, T, H, K, dtype=torch.float64)) / 8]
+    if with_state:
+        inputs.append(torch.randn(B, H, K, V, dtype=torch.float64))
+    weights = [torch.randn(B, T, H, V, dtype=torch.float64), torch.randn(B, H, K, V, dtype=torch.float64)]
+    results = []
+    for fn in (backends.gla_chunk, lambda *a: chunk_gla(*a[:4], scale=a[4], initial_state=a[5])):
+        leaves = [x.clone().requires_grad_() for x in inputs]
+        o, final = fn(*leaves[:4], K**-0.5, leaves[4] if with_state else None)
+        assert final.shape == (B, H, K, V) and final.is_contiguous()
+        results.append([o, final, *grads([o, final], leaves, weights)])
+    for a, b in zip(*results):  # fla's states are fp32 (the path casts the initial state): fp32-level agreement
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)

@@ -139,9 +139,9 @@ def split_heads_gla(kernel: GLAKernel, q, k, v, g, scale: float, initial_state=N
     h0 = None
     if initial_state is not None:
         if state_v_first:  # [B, H, V, K] -> [B, H, a, b, vb, kb]
-            h0 = initial_state.view(batch, heads, b, vb, a, kb).permute(0, 1, 4, 2, 3, 5)
+            h0 = initial_state.reshape(batch, heads, b, vb, a, kb).permute(0, 1, 4, 2, 3, 5)
         else:  # [B, H, K, V] -> [B, H, a, b, kb, vb]
-            h0 = initial_state.view(batch, heads, a, kb, b, vb).permute(0, 1, 2, 4, 3, 5)
+            h0 = initial_state.reshape(batch, heads, a, kb, b, vb).permute(0, 1, 2, 4, 3, 5)
         h0 = h0.reshape(batch, heads * a * b, *h0.shape[-2:])
     o, final = kernel(keys(q), keys(k), values, keys(g), scale, h0, state_v_first)
     o = o.view(batch, length, heads, a, b, vb).sum(dim=3).reshape(batch, length, heads, value_dim)
@@ -249,8 +249,15 @@ def gla_chunk(q, k, v, g, scale: float, initial_state=None, chunk_size: int = 32
 
     if not _wants_fla(q, k, v, g):
         return torch_path()
-    return _try_fla("chunk_gla", tuple(q.shape[2:]) + (v.shape[-1],),
-                    lambda: split_heads_gla(_fla_chunk, q, k, v, g, scale, initial_state), torch_path)
+
+    def fla_path():
+        # fla's own GLA layer keeps its state V-first ([V, K]); the kernels are called the same way here and
+        # only the states at the call's boundary are transposed to and from statex's [K, V].
+        h0 = None if initial_state is None else initial_state.transpose(-1, -2)
+        o, final = split_heads_gla(_fla_chunk, q, k, v, g, scale, h0, state_v_first=True)
+        return o, final.transpose(-1, -2).contiguous()
+
+    return _try_fla("chunk_gla", tuple(q.shape[2:]) + (v.shape[-1],), fla_path, torch_path)
 
 
 def gla_step(q, k, v, g, state, scale: float):
