@@ -2,13 +2,15 @@
 # One GPU session, in one call of at most 10 minutes:
 #   1. bench/triton_prewarm.py compiles every Triton kernel the next two steps use, on all CPU cores at once;
 #   2. the CUDA tests (tests/test_gpu.py), their measured errors printed (-s);
-#   3. bench/gpu_bench.py, part by part, each part in its own process with its own time limit.
+#   3. bench/gpu_bench.py, case by case, each case in its own process with its part's time limit.
 # Usage: OUT=out/gpu bash bench/gpu_session.sh
 # Needs CUDA, torch with Triton, and flash-linear-attention importable (PYTHONPATH may point at src/).
-# Knobs (environment): STAGES (default "prewarm tests bench", run in the order given), WORKERS,
-# PREWARM_PARTS, PREWARM_LIMIT,
-# TEST_LIMIT, TEST_K (pytest -k for the tests and their prewarm), PARTS, ONLY (case names), PART_TIMEOUTS (per case),
-# LENGTHS, AUTOTUNE_TGZ.
+# Knobs (environment):
+#   STAGES         stages to run, in the order given (default "prewarm tests bench")
+#   WORKERS, PREWARM_PARTS, PREWARM_LIMIT          bench/triton_prewarm.py --workers / --parts / --limit
+#   TEST_LIMIT, TEST_K                             seconds for the tests; pytest -k (also narrows their prewarm)
+#   PARTS, ONLY, PART_TIMEOUTS, LENGTHS            bench/gpu_bench.py --parts / --only / --part-timeouts (per case)
+#   AUTOTUNE_TGZ   autotuning results of an earlier call (below)
 # Autotuning results (Triton's *.autotune.json files, a few kB) are saved as $OUT/autotune.tgz; pass one back as
 # AUTOTUNE_TGZ=path to a later call on the same kind of GPU and software: its kernels then compile only the chosen
 # config and skip the timing of every candidate, so that call may leave out the prewarm stage.
@@ -24,13 +26,14 @@ fi
 
 prewarm() {
     python3 bench/triton_prewarm.py --workers "${WORKERS:-15}" --parts "${PREWARM_PARTS:-tests,layers,models}" \
-        --limit "${PREWARM_LIMIT:-240}" --tests-k "${TEST_K:-}" --only "${ONLY:-}" --log-dir "$OUT/prewarm-logs" 2>&1 | tee "$OUT/prewarm.log" | tail -4
+        --limit "${PREWARM_LIMIT:-240}" --tests-k "${TEST_K:-}" --only "${ONLY:-}" --log-dir "$OUT/prewarm-logs" \
+        2>&1 | tee "$OUT/prewarm.log" | tail -4
     # keep one worker's log (the others repeat it) beside the summary
     cp "$OUT/prewarm-logs/worker0.log" "$OUT/prewarm-worker0.log" 2>/dev/null; rm -rf "$OUT/prewarm-logs"
 }
 tests() {
-    timeout "${TEST_LIMIT:-150}" python3 -m pytest -s -q -rA -p no:cacheprovider ${TEST_K:+-k "$TEST_K"} tests/test_gpu.py \
-        > "$OUT/gpu_tests.log" 2>&1
+    timeout "${TEST_LIMIT:-150}" python3 -m pytest -s -q -rA -p no:cacheprovider ${TEST_K:+-k "$TEST_K"} \
+        tests/test_gpu.py > "$OUT/gpu_tests.log" 2>&1
     stamp "tests rc=$?"
     grep -E "^(PASSED|FAILED|ERROR) |passed|failed" "$OUT/gpu_tests.log" | tail -40
 }
