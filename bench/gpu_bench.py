@@ -33,23 +33,24 @@ CHUNK = 64  # fla's chunk size, for the FLOP model
 # ---- shapes --------------------------------------------------------------------------------------------------------
 
 
-def gla_13b_config(expand_every: int | None = None, n_layer: int = 24):
+SHAPES_13B = {  # family: (config kwargs, layers, expand_config kwargs of its StateX version)
+    "gla": (dict(vocab_size=32000, d_model=2048, num_heads=4, expand_k=0.5, expand_v=1.0, hidden_ratio=4,
+                 use_short_conv=False), 24, dict(heads=1)),
+    "mamba2": (dict(vocab_size=50288, d_model=2048, d_state=128, headdim=64, expand=2, ngroups=1,
+                    tie_embeddings=True), 48, dict(factor=4)),
+}
+
+
+def config_13b(family: str, expand_every: int | None = None, n_layer: int | None = None):
+    """The 1.3B shape of a family, with every expand_every-th layer (from layer 0) StateX-expanded."""
     import statex
 
-    config = statex.gla_config(vocab_size=32000, d_model=2048, n_layer=n_layer, num_heads=4, expand_k=0.5,
-                               expand_v=1.0, hidden_ratio=4, use_short_conv=False)
+    kwargs, layers, expansion = SHAPES_13B[family]
+    n_layer = n_layer or layers
+    builder = statex.gla_config if family == "gla" else statex.mamba2_config
+    config = builder(n_layer=n_layer, **kwargs)
     if expand_every:
-        config = statex.expand_config(config, list(range(0, n_layer, expand_every)), heads=1)
-    return config
-
-
-def mamba2_13b_config(expand_every: int | None = None, n_layer: int = 48):
-    import statex
-
-    config = statex.mamba2_config(vocab_size=50288, d_model=2048, n_layer=n_layer, d_state=128, headdim=64,
-                                  expand=2, ngroups=1, tie_embeddings=True)
-    if expand_every:
-        config = statex.expand_config(config, list(range(0, n_layer, expand_every)), factor=4)
+        config = statex.expand_config(config, list(range(0, n_layer, expand_every)), **expansion)
     return config
 
 
@@ -70,7 +71,7 @@ def build_layer(name: str):
     from statex.models.mamba2 import Mamba2Mixer
 
     if name in ("statex-gla", "statex-gla-statex"):
-        config = gla_13b_config(6 if name.endswith("statex") else None)
+        config = config_13b("gla", 6 if name.endswith("statex") else None)
         spec = config.layers[0]
         return GLAMixer(2048, spec), spec.num_heads, spec.head_k_dim, spec.head_v_dim
     if name == "fla-gla":
@@ -80,7 +81,7 @@ def build_layer(name: str):
                                      use_short_conv=False, gate_low_rank_dim=16, norm_eps=1e-6, fuse_norm=True)
         return layer, 4, 256, 512
     if name in ("statex-mamba2", "statex-mamba2-statex"):
-        config = mamba2_13b_config(1 if name.endswith("statex") else None)
+        config = config_13b("mamba2", 1 if name.endswith("statex") else None)
         spec = config.layers[0]
         return Mamba2Mixer(2048, spec), spec.nheads, spec.d_state, spec.headdim
     raise ValueError(name)
@@ -125,16 +126,15 @@ def case_peak(args) -> None:
 
 
 def each_name(case):
-    """Run case(args, name) for every name of a '+'-joined list; a failure is recorded and the next runs."""
+    """Run case(args, args.name) with progress lines; a failure is recorded as the case's result."""
     def run(args) -> None:
-        for name in args.name.split("+"):
-            progress(f"{case.__name__[5:]} {name}: start")
-            try:
-                case(args, name)
-                progress(f"{case.__name__[5:]} {name}: done")
-            except Exception as exc:
-                emit({"part": case.__name__[5:], "name": name, "error": f"{type(exc).__name__}: {exc}"[:300]})
-            torch.cuda.empty_cache()
+        part, name = case.__name__[5:], args.name
+        progress(f"{part} {name}: start")
+        try:
+            case(args, name)
+            progress(f"{part} {name}: done")
+        except Exception as exc:
+            emit({"part": part, "name": name, "error": f"{type(exc).__name__}: {exc}"[:300]})
     return run
 
 
@@ -186,11 +186,9 @@ def build_model(name: str, n_layer: int | None = None):
     import statex
 
     family, expanded = name.split(":")
-    builder = gla_13b_config if family == "gla" else mamba2_13b_config
     every = (6 if family == "gla" else 8) if expanded == "statex" else None
     torch.manual_seed(0)
-    config = builder(every) if n_layer is None else builder(every, n_layer=n_layer)
-    return statex.build_model(config, device="cuda", seed=0)
+    return statex.build_model(config_13b(family, every, n_layer), device="cuda", seed=0)
 
 
 def decode_step(model, batch: int, graph: bool = False):

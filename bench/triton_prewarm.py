@@ -44,7 +44,7 @@ def shard_autotuner(index: int, count: int) -> None:
     def run(self, *args, **kwargs):
         if len(self.configs) <= 1:
             return original(self, *args, **kwargs)
-        self.nargs = dict(zip(self.arg_names, args))
+        self.nargs = nargs = dict(zip(self.arg_names, args))
         candidates = self.prune_configs(kwargs)
         mine = candidates[index::count] or [candidates[index % len(candidates)]]
         for config in mine:
@@ -55,7 +55,7 @@ def shard_autotuner(index: int, count: int) -> None:
         self.nargs = None
         config = mine[0]
         if config.pre_hook is not None:
-            config.pre_hook({**dict(zip(self.arg_names, args)), **kwargs, **config.all_kwargs()})
+            config.pre_hook({**nargs, **kwargs, **config.all_kwargs()})
         return self.fn.run(*args, **kwargs, **config.all_kwargs())
 
     Autotuner.run = run

@@ -214,7 +214,6 @@ def _try_fla(name: str, shape_key: tuple, call: Callable, fallback: Callable):
         return fallback()
 
 
-
 # ---- what the mixers call ----------------------------------------------------------------------------------------
 
 
@@ -239,7 +238,6 @@ def gated_rms_norm(x, gate, weight, eps: float, group_size: int, norm_before_gat
                                    norm_before_gate=norm_before_gate)
 
     return _try_fla("gated_rms_norm", (width, group_size, norm_before_gate), fla_path, torch_path)
-
 
 
 def gla_chunk(q, k, v, g, scale: float, initial_state=None, chunk_size: int = 32):
