@@ -109,6 +109,25 @@ def cuda_time(fn, warmup: int = 2, repeats: int = 5) -> float:
 _started = time.time()
 
 
+def shorten_autotuning(spec: str) -> None:
+    """Time each autotuning candidate for WARMUP,REP milliseconds instead of Triton's 25,100. fla's kernels
+    leave the benchmarker to Triton, which looks triton.testing.do_bench up on each autotuner's first use; with
+    ~20 candidates x ~10 kernels per shape the default costs about two minutes per layer case, the short one
+    a quarter of that. Only which config wins can change (every kernel runs >= 0.1 ms, so REP=25 still times
+    dozens of runs per candidate); the measurements below use cuda_time, not this."""
+    if not spec:
+        return
+    import triton.testing
+
+    warmup, rep = (int(x) for x in spec.split(","))
+    full = triton.testing.do_bench
+
+    def do_bench(fn, **kwargs):  # the autotuner passes fn and quantiles
+        return full(fn, **{**kwargs, "warmup": warmup, "rep": rep})
+
+    triton.testing.do_bench = do_bench
+
+
 def progress(message: str) -> None:
     """A timestamped line in the part's log (where the time of a slow case went)."""
     print(f"[{time.time() - _started:6.1f} s] {message}", flush=True)
@@ -307,7 +326,8 @@ def run_all(args) -> list[dict]:
     limits = {k: int(v) for k, _, v in (x.partition("=") for x in args.part_timeouts.split(",") if x)}
     for part, name in plan(args.parts, args.only):
         cmd = [sys.executable, __file__, "--case", part, "--name", name, "--tokens", str(args.tokens),
-               "--lengths", ",".join(map(str, args.lengths)), "--model-batch", str(args.model_batch)]
+               "--lengths", ",".join(map(str, args.lengths)), "--model-batch", str(args.model_batch),
+               "--tune-ms", args.tune_ms]
         started = time.time()
         print(f"== {part} {name}", flush=True)
         output, failed = run_case(cmd, out / f"{part}.log", limits.get(part, args.timeout))
@@ -396,6 +416,8 @@ def main(argv=None) -> None:
     parser.add_argument("--part-timeouts", default="", help="per-part limits, e.g. layers=130,model=100")
     parser.add_argument("--only", default="", help="comma-separated case names to run (default: all), "
                         "e.g. fla-gla,statex-mamba2,gla:statex")
+    parser.add_argument("--tune-ms", default="", metavar="WARMUP,REP",
+                        help="milliseconds each Triton autotuning candidate is timed (default Triton's 25,100)")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--name", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -408,6 +430,7 @@ def main(argv=None) -> None:
                  f"(known: {', '.join(sorted(known))})")
     if args.case:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+        shorten_autotuning(args.tune_ms)
         CASES[args.case](args)
         return
     if not torch.cuda.is_available():

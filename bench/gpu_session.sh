@@ -10,6 +10,7 @@
 #   WORKERS, PREWARM_PARTS, PREWARM_LIMIT          bench/triton_prewarm.py --workers / --parts / --limit
 #   TEST_LIMIT, TEST_K                             seconds for the tests; pytest -k (also narrows their prewarm)
 #   PARTS, ONLY, PART_TIMEOUTS, LENGTHS            bench/gpu_bench.py --parts / --only / --part-timeouts (per case)
+#   TUNE_MS        bench/gpu_bench.py --tune-ms (default 5,25: short timing of autotuning candidates)
 #   AUTOTUNE_TGZ   autotuning results of an earlier call (below)
 # Autotuning results (Triton's *.autotune.json files, a few kB) are saved as $OUT/autotune.tgz; pass one back as
 # AUTOTUNE_TGZ=path to a later call on the same kind of GPU and software: its kernels then compile only the chosen
@@ -40,7 +41,7 @@ tests() {
 bench() {
     python3 bench/gpu_bench.py --out "$OUT/bench" --parts "${PARTS:-peak,layers,model,decode}" --only "${ONLY:-}" \
         --lengths "${LENGTHS:-2048,8192,32768,65536}" \
-        --part-timeouts "${PART_TIMEOUTS:-peak=30,layers=90,model=90,decode=60}"
+        --part-timeouts "${PART_TIMEOUTS:-peak=30,layers=90,model=90,decode=60}" --tune-ms "${TUNE_MS-5,25}"
 }
 for stage in $STAGES; do
     case $stage in
