@@ -208,7 +208,7 @@ def test_generation_fast_path_equals_torch_path(family, expanded):
         try:
             with torch.no_grad():
                 logits[name] = model(prompt).logits
-                outputs[name] = model.generate(prompt, max_new_tokens=24)
+                outputs[name] = model.generate(prompt, max_new_tokens=24)  # fla: CUDA graph by default
         finally:
             backends.set_backend("auto")
     assert rel_err(logits["fla"], logits["torch"]) < 1e-3
@@ -220,6 +220,8 @@ def test_generation_fast_path_equals_torch_path(family, expanded):
 def test_cuda_graph_generation_equals_eager(family, expanded):
     model = small_model(family, expanded)
     prompt = torch.randint(0, 300, (2, 50), generator=torch.Generator().manual_seed(2)).cuda()
-    eager = model.generate(prompt, max_new_tokens=24)
+    eager = model.generate(prompt, max_new_tokens=24, cuda_graph=False)
     graphed = model.generate(prompt, max_new_tokens=24, cuda_graph=True)
+    default = model.generate(prompt, max_new_tokens=24)  # graphed by default on CUDA with fla
     assert torch.equal(graphed, eager)
+    assert torch.equal(default, eager)

@@ -136,6 +136,21 @@ def test_cuda_graph_generation_needs_a_cuda_model(tiny_model):
         tiny_model.generate(torch.randint(0, 61, (1, 4)), max_new_tokens=3, cuda_graph=True)
 
 
+def test_cuda_graph_is_the_default_only_for_cuda_on_fla_with_enough_tokens(monkeypatch):
+    from statex.models.generation import GRAPH_MIN_TOKENS, graph_by_default
+    from statex.ops import backends
+
+    monkeypatch.setattr(backends, "fla_available", lambda: True)
+    assert graph_by_default(True, GRAPH_MIN_TOKENS)
+    assert not graph_by_default(True, GRAPH_MIN_TOKENS - 1)
+    assert not graph_by_default(False, 1000)
+    monkeypatch.setattr(backends, "_backend", "torch")
+    assert not graph_by_default(True, 1000)
+    monkeypatch.setattr(backends, "_backend", "auto")
+    monkeypatch.setattr(backends, "fla_available", lambda: False)
+    assert not graph_by_default(True, 1000)
+
+
 @torch.no_grad()
 def test_sampling_is_seeded_and_topk1_is_greedy(tiny_model):
     prompt = torch.randint(0, 61, (2, 5))

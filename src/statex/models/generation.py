@@ -84,6 +84,18 @@ class StepRunner:
         return self.logits
 
 
+GRAPH_MIN_TOKENS = 8  # capture costs about three eager steps; below this many new tokens it does not pay off
+
+
+def graph_by_default(is_cuda: bool, max_new_tokens: int) -> bool:
+    """What ``generate(cuda_graph=None)`` does: replay a CUDA graph for CUDA models on the fla backend (measured
+    7-11x faster per token on an H200, docs/benchmarks.md) when at least GRAPH_MIN_TOKENS tokens are asked for."""
+    from statex.ops import backends
+
+    return (is_cuda and max_new_tokens >= GRAPH_MIN_TOKENS and backends.get_backend() != "torch"
+            and backends.fla_available())
+
+
 @torch.no_grad()
 def generate(
     model: "CausalLM",
@@ -96,12 +108,13 @@ def generate(
     stop_tokens: Iterable[int] | None = None,
     pad_token_id: int | None = None,
     prefill_chunk: int = 4096,
-    cuda_graph: bool = False,
+    cuda_graph: bool | None = None,
 ) -> torch.Tensor:
     """Returns [B, T + n] = prompt followed by the generated tokens (n <= max_new_tokens).
 
     ``cuda_graph=True`` (CUDA models) captures the decoding step once in a CUDA graph and replays it for every
-    token (``StepRunner``); the tokens are the same as without it.
+    token (``StepRunner``); the tokens are the same as without it, and the state is held twice (the graph's
+    buffers). ``None`` (default) decides by ``graph_by_default``; ``False`` always steps eagerly.
 
     Generation ends for a row when it emits one of ``stop_tokens`` (the stop token is kept); later
     positions of finished rows are filled with ``pad_token_id`` (default: the row's stop token), and the
@@ -121,6 +134,8 @@ def generate(
     stops = torch.tensor(sorted(set(stop_tokens or [])), dtype=torch.long, device=input_ids.device)
 
     logits, state = model.prefill(input_ids, chunk_tokens=prefill_chunk)
+    if cuda_graph is None:
+        cuda_graph = graph_by_default(input_ids.is_cuda, max_new_tokens)
     runner = StepRunner(model, state, graph=True) if cuda_graph and max_new_tokens > 1 else None
     batch = input_ids.shape[0]
     finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
