@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING, Iterable
 
 import torch
 
+from statex.ops import backends
+
 if TYPE_CHECKING:
     from statex.models.lm import CausalLM, RecurrentState
 
@@ -90,8 +92,6 @@ GRAPH_MIN_TOKENS = 8  # capture costs about three eager steps; below this many n
 def graph_by_default(is_cuda: bool, max_new_tokens: int) -> bool:
     """What ``generate(cuda_graph=None)`` does: replay a CUDA graph for CUDA models on the fla backend (measured
     7-11x faster per token on an H200, docs/benchmarks.md) when at least GRAPH_MIN_TOKENS tokens are asked for."""
-    from statex.ops import backends
-
     return (is_cuda and max_new_tokens >= GRAPH_MIN_TOKENS and backends.get_backend() != "torch"
             and backends.fla_available())
 
@@ -152,9 +152,11 @@ def generate(
             finished |= just_stopped
             if bool(finished.all()):
                 break
-        if step + 1 < max_new_tokens and runner is not None:
+        if step + 1 == max_new_tokens:
+            break
+        if runner is not None:
             logits = runner(token)
-        elif step + 1 < max_new_tokens:
+        else:
             out = model(token.unsqueeze(1), state=state, use_cache=True)
             logits, state = out.logits[:, -1], out.state
     model.train(was_training)

@@ -52,7 +52,6 @@ def chunk_gla(
     scale = key_dim**-0.5 if scale is None else scale
     dtype = compute_dtype(q, k, v, g)
     chunk_size = min(chunk_size, max(sub_chunk, -(-length // sub_chunk) * sub_chunk))
-    n_sub = chunk_size // sub_chunk
 
     def to_chunks(x: torch.Tensor) -> torch.Tensor:
         # [B, T, H, D] -> [B, H, N, C, D]
@@ -75,17 +74,30 @@ def chunk_gla(
 
     limit = FACTOR_LIMIT[dtype] if factor_limit is None else factor_limit
     if float(-b_last.detach().min()) <= limit:
-        # Factored in-chunk scores: exp(b_t - b_s) = exp(b_t - r) exp(r - b_s) around the mid-chunk value r.
-        # Each factor lies within exp(+-limit) and every product kept (s <= t) is <= 1, so nothing overflows or
-        # loses precision; the entries above the diagonal are finite and are zeroed.
-        r = b[..., chunk_size // 2:chunk_size // 2 + 1, :]
-        scores = (q * (b - r).exp()) @ (k * (r - b).exp()).transpose(-1, -2)  # [B, H, N, C, C]
-        causal = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=q.device).tril()
-        o = o + scores.masked_fill(~causal, 0.0) @ v
-        o = o.permute(0, 2, 3, 1, 4).reshape(batch, -1, heads, value_dim)[:, :length]
-        return o.to(out_dtype), final_state
+        scores = _factored_scores(q, k, b)
+    else:
+        scores = _sub_chunk_scores(q, k, b, sub_chunk)
+    o = o + scores @ v
+    o = o.permute(0, 2, 3, 1, 4).reshape(batch, -1, heads, value_dim)[:, :length]
+    return o.to(out_dtype), final_state
 
-    # Strong decay: in-chunk attention scores assembled from sub-chunk blocks.
+
+def _factored_scores(q: torch.Tensor, k: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Causal in-chunk scores [B, H, N, C, C] for moderate decay: exp(b_t - b_s) = exp(b_t - r) exp(r - b_s)
+    around the mid-chunk value r. Each factor lies within exp(+-limit) and every product kept (s <= t) is <= 1,
+    so nothing overflows or loses precision; the entries above the diagonal are finite and are zeroed."""
+    chunk_size = b.shape[-2]
+    r = b[..., chunk_size // 2:chunk_size // 2 + 1, :]
+    scores = (q * (b - r).exp()) @ (k * (r - b).exp()).transpose(-1, -2)
+    causal = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=q.device).tril()
+    return scores.masked_fill(~causal, 0.0)
+
+
+def _sub_chunk_scores(q: torch.Tensor, k: torch.Tensor, b: torch.Tensor, sub_chunk: int) -> torch.Tensor:
+    """Causal in-chunk scores [B, H, N, C, C] for any decay strength, assembled from sub-chunk blocks with
+    every evaluated exponent <= 0 (module docstring)."""
+    chunk_size, key_dim, dtype = b.shape[-2], b.shape[-1], b.dtype
+    n_sub = chunk_size // sub_chunk
     sub_shape = (*b.shape[:3], n_sub, sub_chunk, key_dim)
     q_s, k_s, b_s = q.reshape(sub_shape), k.reshape(sub_shape), b.reshape(sub_shape)
     b_ref = b_s[..., :, :1, :]  # first position of each query sub-chunk, [B, H, N, S, 1, K]
@@ -107,8 +119,4 @@ def chunk_gla(
     eye = torch.eye(n_sub, dtype=dtype, device=q.device)[:, :, None, None]
     scores = scores + eye * diag.unsqueeze(-3)
 
-    scores = scores.transpose(-3, -2).reshape(*b.shape[:3], chunk_size, chunk_size)
-    o = o + scores @ v
-
-    o = o.permute(0, 2, 3, 1, 4).reshape(batch, -1, heads, value_dim)[:, :length]
-    return o.to(out_dtype), final_state
+    return scores.transpose(-3, -2).reshape(*b.shape[:3], chunk_size, chunk_size)
