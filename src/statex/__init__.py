@@ -6,7 +6,7 @@ Public API (the CLI uses only these):
 - reports: ``describe_model`` (per-layer shapes, state sizes, parameter counts)
 """
 from statex.config import GLASpec, Mamba2Spec, ModelConfig, gla_config, mamba2_config
-from statex.expand import expand, expand_config, select_layers
+from statex.expand import expand, expand_config, plan_expansion, select_layers
 from statex.errors import CheckpointError, ConfigError, StatexError
 from statex import summary
 from statex.summary import (
@@ -50,6 +50,7 @@ __all__ = [
     "load_tokenizer",
     "mamba2_config",
     "save_model",
+    "plan_expansion",
     "select_layers",
     "train",
     "train_bpe_tokenizer",

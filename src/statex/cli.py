@@ -51,8 +51,9 @@ def _cmd_expand(args: argparse.Namespace) -> int:
     import torch
 
     dst = Path(args.dst)
-    if dst.exists() and not args.force:
-        raise statex.StatexError(f"{dst}: already exists (use --force to replace it)")
+    _check_output_dir(dst, args.force, source=Path(args.src))
+    config, _ = statex.load_config(args.src)  # cheap: the request is checked before any weights are read
+    statex.plan_expansion(config, args.layers, args.mode, heads=args.heads, factor=args.factor, dt_init=args.dt_init)
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
     model = statex.load_model(args.src, dtype=dtype)
     expanded = statex.expand(model, args.layers, mode=args.mode, heads=args.heads, factor=args.factor,
@@ -76,6 +77,22 @@ def _cmd_expand(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_output_dir(path: Path, force: bool, source: Path | None = None) -> None:
+    """A directory a command will create: refused if it exists (unless ``force``), is a file, or is the source."""
+    if source is not None and path.resolve() == source.resolve():
+        raise statex.StatexError(f"{path}: the output directory must differ from the source model")
+    if path.exists() and not path.is_dir():
+        raise statex.StatexError(f"{path}: exists and is not a directory")
+    if path.exists() and not force:
+        raise statex.StatexError(f"{path}: already exists (use --force to replace it)")
+
+
+def _check_vocab(tokenizer, config, name: str) -> None:
+    if tokenizer.vocab_size > config.vocab_size:
+        raise statex.StatexError(f"{name}: the tokenizer has {tokenizer.vocab_size} tokens but the model's "
+                                 f"vocabulary has {config.vocab_size}: wrong tokenizer for this model")
+
+
 def _resolve_tokenizer(spec: str | None, model_path: str):
     if spec is None:
         bundled = Path(model_path) / "tokenizer.json"
@@ -86,16 +103,25 @@ def _resolve_tokenizer(spec: str | None, model_path: str):
 def _cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
-    model = statex.load_model(args.model)
+    if args.max_new_tokens < 1:
+        raise statex.StatexError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.temperature < 0:
+        raise statex.StatexError(f"--temperature must be >= 0, got {args.temperature}")
+    if args.top_k is not None and args.top_k < 1:
+        raise statex.StatexError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise statex.StatexError(f"--top-p must be in (0, 1], got {args.top_p}")
+    config, _ = statex.load_config(args.model)
     tokenizer = _resolve_tokenizer(args.tokenizer, args.model)
     ids = tokenizer.encode(args.prompt)
     if not ids:
         raise statex.StatexError("the prompt encodes to zero tokens")
-    if max(ids) >= model.config.vocab_size:
+    if max(ids) >= config.vocab_size:
         raise statex.StatexError(
             f"tokenizer {tokenizer.name} produced id {max(ids)} but the model's vocabulary has "
-            f"{model.config.vocab_size} entries: wrong tokenizer for this model"
+            f"{config.vocab_size} entries: wrong tokenizer for this model"
         )
+    model = statex.load_model(args.model)
     stops = set(args.stop_id or [])
     if not args.no_eos_stop and tokenizer.eos_token_id is not None:
         stops.add(tokenizer.eos_token_id)
@@ -185,6 +211,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    if args.min_frequency < 1:
+        raise statex.StatexError(f"--min-frequency must be >= 1, got {args.min_frequency}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir() and out.suffix != ".json":
+        raise statex.StatexError(f"--out {out}: exists and is not a directory or a .json file")
     path = statex.train_bpe_tokenizer(args.data, args.vocab_size, args.out, min_frequency=args.min_frequency)
     tokenizer = statex.load_tokenizer(path)
     print(f"wrote {path}: {tokenizer.vocab_size} tokens, end-of-document id {tokenizer.eos_token_id}")
@@ -201,16 +232,13 @@ def _int_list(text: str | None, parse=int):
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from statex.eval import evaluate, markdown_table, model_names, write_report
+    from statex.eval import check_request, evaluate, markdown_table, model_names, write_report
     from statex.eval.common import parse_length
 
     out = Path(args.out)
     if not args.tasks and not args.lm_eval:
         raise statex.StatexError("nothing to do: give --tasks and/or --lm-eval")
     tasks = [t for t in (args.tasks or "").split(",") if t]
-    tokenizer = _resolve_tokenizer(args.tokenizer, args.models[0])
-    names = model_names(args.models)
-    models = {name: statex.load_model(path) for name, path in zip(names, args.models)}
     options = dict(
         lengths=_int_list(args.lengths, parse_length), depths=_int_list(args.depths, float),
         pairs=_int_list(args.pairs), mqar_lengths=_int_list(args.mqar_lengths, parse_length),
@@ -218,6 +246,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         recall_files=[f for f in (args.recall_files or "").split(",") if f] or None,
         qa_max_tokens=args.qa_max_tokens, ppl_file=args.ppl_file, icl_file=args.icl_file,
         shots=_int_list(args.shots))
+    check_request(tasks, n=args.n, batch_size=args.batch_size, prefill_chunk=args.prefill_chunk, **options)
+    if out.exists() and not out.is_dir():
+        raise statex.StatexError(f"--out {out}: exists and is not a directory")
+    if args.lm_eval and args.lm_eval_include is not None and not Path(args.lm_eval_include).is_dir():
+        raise statex.StatexError(f"--lm-eval-include {args.lm_eval_include}: no such directory")
+    tokenizer = _resolve_tokenizer(args.tokenizer, args.models[0])
+    names = model_names(args.models)
+    for name, path in zip(names, args.models):
+        _check_vocab(tokenizer, statex.load_config(path)[0], name)
+    models = {name: statex.load_model(path) for name, path in zip(names, args.models)}
     records = []
     if tasks:
         records = evaluate(models, tasks, tokenizer, seed=args.seed, n=args.n, batch_size=args.batch_size,

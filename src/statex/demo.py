@@ -154,6 +154,10 @@ def apply_overrides(settings: DemoSettings, modes: list[str] | None = None, expa
             settings = dataclasses.replace(settings, **{name: value})
     from statex.expand import GLA_MODES, MAMBA2_MODES, select_layers
 
+    unknown = [m for m in modes or () if m not in GLA_MODES + MAMBA2_MODES]
+    if unknown:
+        raise ValueError(f"unknown StateX mode(s) {', '.join(unknown)} (GLA: {', '.join(GLA_MODES)}; "
+                         f"Mamba2: {', '.join(MAMBA2_MODES)})")
     families = []
     for fam in settings.families:
         fam = dataclasses.replace(fam)
@@ -179,9 +183,13 @@ def run_demo(out: str | Path = "out/demo", seed: int = 0, quick: bool = False, f
     demo run whose pretrained bases to reuse (for ablations: only post-training and evaluation run)."""
     settings = settings or default_settings(quick)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.time()
-    corpus, heldout = write_data(out, settings, seed)
+    known = [f.family for f in settings.families]
+    unknown = [f for f in families or () if f not in known]
+    if unknown:
+        raise StatexError(f"unknown famil{'ies' if len(unknown) > 1 else 'y'} {', '.join(unknown)} "
+                          f"(choose from {', '.join(known)})")
+    if out.exists() and not out.is_dir():
+        raise StatexError(f"--out {out}: exists and is not a directory")
     chosen = [f for f in settings.families if not families or f.family in families]
     if base_from is not None:
         base_from = Path(base_from).resolve()
@@ -191,6 +199,9 @@ def run_demo(out: str | Path = "out/demo", seed: int = 0, quick: bool = False, f
                                   f"{base_from / fam.family / 'base' / 'final'}")
         if base_from == out.resolve():
             raise StatexError("--base-from must be another demo's output directory, not --out itself")
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    corpus, heldout = write_data(out, settings, seed)
     cores = os.cpu_count() or 1
     jobs = max(1, min(len(chosen), jobs if jobs is not None else cores))
     records: list[dict[str, Any]] = []

@@ -111,6 +111,19 @@ def expand_config(config: ModelConfig, layers: Sequence[int], heads: int = 1, fa
     return new.validate()
 
 
+def plan_expansion(config: ModelConfig, layers: str | int | Sequence[int], mode: str = DEFAULT_MODE,
+                   heads: int = 1, factor: int = 4, dt_init: str = "reset") -> tuple[list[int], ModelConfig]:
+    """(layer indices, expanded config) of an expansion request, from the config alone: every error of the
+    request (layer spec, mode, heads, factor, dt_init) is raised here, before any weights are touched."""
+    valid = GLA_MODES if config.family == "gla" else MAMBA2_MODES
+    if mode not in valid:
+        raise StatexError(f"mode {mode!r} is not a {config.family} expansion mode (choose from {', '.join(valid)})")
+    if dt_init not in ("reset", "inverse-softplus"):
+        raise StatexError(f"dt_init must be 'reset' or 'inverse-softplus', got {dt_init!r}")
+    indices = select_layers(layers, config.n_layer)
+    return indices, expand_config(config, indices, heads=heads, factor=factor)
+
+
 # ---- the surgery -------------------------------------------------------------------------------------------------
 
 def expand(
@@ -137,13 +150,7 @@ def expand(
     """
     config: ModelConfig = model.config
     family = config.family
-    valid = GLA_MODES if family == "gla" else MAMBA2_MODES
-    if mode not in valid:
-        raise StatexError(f"mode {mode!r} is not a {family} expansion mode (choose from {', '.join(valid)})")
-    if dt_init not in ("reset", "inverse-softplus"):
-        raise StatexError(f"dt_init must be 'reset' or 'inverse-softplus', got {dt_init!r}")
-    indices = select_layers(layers, config.n_layer)
-    new_config = expand_config(config, indices, heads=heads, factor=factor)
+    indices, new_config = plan_expansion(config, layers, mode, heads=heads, factor=factor, dt_init=dt_init)
     new_config.history = list(config.history) + [{
         "op": "statex-expand", "family": family, "layers": indices, "mode": mode,
         **({"heads": heads} if family == "gla" else {"factor": factor}), "seed": seed,

@@ -23,14 +23,54 @@ def model_names(paths: list[str]) -> list[str]:
     return [str(p) for p in paths]
 
 
+# the local file each task cannot run without, and the flag that names it
+_REQUIRED_FILES = {"ppl": ("ppl_file", "--ppl-file FILE (local text)"),
+                   "icl": ("icl_file", "--icl-file FILE (JSONL of text and label)"),
+                   "recall": ("recall_files", "--recall-files a.jsonl[,b.jsonl] (Based/JRT schema, local files)")}
+_FILE_OPTIONS = {"ppl_file": "--ppl-file", "icl_file": "--icl-file", "haystack": "--haystack",
+                 "recall_files": "--recall-files"}
+
+
+def check_request(tasks: list[str], n: int = 20, batch_size: int = 8, prefill_chunk: int = 2048,
+                  **options: Any) -> None:
+    """Every argument error of an evaluation (task names, grids, files a task needs), found without loading
+    a model or reading a file's contents: ``evaluate`` calls it first, and the CLI before loading models."""
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise StatexError(f"unknown task(s) {', '.join(unknown)} (choose from {', '.join(TASKS)})")
+    for name, value in (("--n", n), ("--batch-size", batch_size), ("--prefill-chunk", prefill_chunk)):
+        if value < 1:
+            raise StatexError(f"{name} must be >= 1, got {value}")
+    for name, low in (("lengths", 1), ("mqar_lengths", 1), ("pairs", 1), ("shots", 0), ("niah_variants", 1)):
+        for value in options.get(name) or ():
+            if value < low:
+                raise StatexError(f"--{name.replace('_', '-')}: {value} must be >= {low}")
+    for depth in options.get("depths") or ():
+        if not 0.0 <= depth <= 1.0:
+            raise StatexError(f"--depths: {depth} is not in [0, 1]")
+    variants = options.get("niah_variants") or ()
+    if any(v not in (1, 2, 3) for v in variants):
+        raise StatexError(f"--niah-variants: choose from 1, 2, 3 (got {', '.join(map(str, variants))})")
+    if (options.get("niah_keys") or 1) < 1:
+        raise StatexError(f"--niah-keys must be >= 1, got {options['niah_keys']}")
+    if "niah" in tasks and 2 in variants and not options.get("haystack"):
+        raise StatexError("niah variant 2 (essay haystack) needs --haystack FILE (any long local text)")
+    for task, (option, flag) in _REQUIRED_FILES.items():
+        if task in tasks and not options.get(option):
+            raise StatexError(f"task {task} needs {flag}")
+    for option, flag in _FILE_OPTIONS.items():
+        value = options.get(option)
+        for path in ([value] if isinstance(value, (str, Path)) else value or []):
+            if not Path(path).is_file():
+                raise StatexError(f"{flag} {path}: no such file")
+
+
 def evaluate(models: dict[str, Any], tasks: list[str], tokenizer, seed: int = 0, n: int = 20, batch_size: int = 8,
              prefill_chunk: int = 2048, progress: bool = True, **options: Any) -> list[Record]:
     """``models``: name -> model (anything with ``__call__``/``generate`` like ``CausalLM``).
     ``options``: lengths, depths, pairs, mqar_lengths, niah_variants, niah_keys, haystack, recall_files,
     qa_max_tokens, ppl_file, icl_file, shots."""
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown:
-        raise StatexError(f"unknown task(s) {', '.join(unknown)} (choose from {', '.join(TASKS)})")
+    check_request(tasks, n=n, batch_size=batch_size, prefill_chunk=prefill_chunk, **options)
     records: list[Record] = []
     for name, model in models.items():
         vocab = getattr(getattr(model, "config", None), "vocab_size", None)

@@ -10,7 +10,7 @@ import torch
 from statex.config import ModelConfig
 from statex.errors import CheckpointError, ConfigError
 from statex.io.formats import CONFIG_READERS, RENAMERS, detect_format
-from statex.io.weights import find_weight_file, load_into, read_tensors
+from statex.io.weights import WeightSource, find_weight_file, load_into
 
 
 def _config_path(path: str | Path) -> Path:
@@ -52,18 +52,20 @@ def load_model(path: str | Path, dtype: torch.dtype | str | None = torch.float32
     """Load a statex, fla-hub GLA, mamba_ssm Mamba2 or HF Mamba2 directory.
 
     ``dtype``: floating parameters are cast to it (default fp32; ``None`` or ``"auto"`` keeps the stored dtype).
-    Missing or unexpected weights and shape mismatches raise ``CheckpointError`` naming the key.
+    Missing or unexpected weights and shape mismatches raise ``CheckpointError`` naming the key, before any
+    tensor data is read. Every parameter owns its memory (read tensor by tensor and copied out of the file),
+    so the model computes the same bits as the one that was saved, on any machine.
     """
     from statex.models import build_model
 
     config, fmt = load_config(path)
     directory = _config_path(path).parent
     weights = find_weight_file(directory)
-    tensors = read_tensors(weights)
     model = build_model(config, device="meta")
     optional = {"lm_head.weight"} if config.tie_embeddings else set()
-    load_into(model, tensors, str(weights), rename=RENAMERS[fmt], optional=optional,
-              dtype=None if dtype in (None, "auto") else dtype)
+    with WeightSource(weights) as source:
+        load_into(model, source, rename=RENAMERS[fmt], optional=optional,
+                  dtype=None if dtype in (None, "auto") else dtype)
     model.tie_weights()
     leftover = [name for name, p in model.named_parameters() if p.is_meta]
     if leftover:

@@ -1,5 +1,11 @@
 """Reading weight files (safetensors, pickled .bin read with weights_only=True, sharded indexes) and the
-strict key/shape check that every import goes through."""
+strict key/shape check that every import goes through.
+
+Tensors are read one at a time and copied into freshly allocated memory before the next one is read:
+a loaded model never aliases the checkpoint file (safetensors' tensors live inside the file's memory map at
+the header's offsets, so they are not 64-byte aligned, and some BLAS builds round differently on unaligned
+data), and at most one full copy of the weights plus one tensor is held at any time.
+"""
 from __future__ import annotations
 
 import json
@@ -21,90 +27,191 @@ def find_weight_file(directory: Path) -> Path:
     raise CheckpointError(f"{directory}: no weights found (expected one of {', '.join(WEIGHT_FILES)})")
 
 
-def read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a weight file (or of every shard listed by an ``*.index.json``)."""
-    if path.name.endswith(".index.json"):
+class WeightSource:
+    """The tensors of one weight file, or of every shard an ``*.index.json`` lists, read lazily.
+
+    ``shapes`` is known after opening (safetensors: from the headers, without reading any data);
+    ``read(name)`` returns one tensor, which may be a view into the file's memory map: copy it, then drop it.
+    Use as a context manager so that file handles and maps are released.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self._where: dict[str, _File] = {}
+        self._files: list[_File] = []
         try:
-            index = json.loads(path.read_text())
+            for file in self._shard_paths():
+                opened = _open(file)
+                self._files.append(opened)
+                for name, shape in opened.shapes().items():
+                    if name in self.shapes:
+                        raise CheckpointError(f"{self.path}: the weight {name!r} appears in two shards")
+                    self.shapes[name] = shape
+                    self._where[name] = opened
+        except BaseException:
+            self.close()
+            raise
+
+    def _shard_paths(self) -> list[Path]:
+        if not self.path.name.endswith(".index.json"):
+            return [self.path]
+        try:
+            index = json.loads(self.path.read_text())
             shards = sorted(set(index["weight_map"].values()))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise CheckpointError(f"{path}: not a valid shard index ({exc})") from None
-        tensors: dict[str, torch.Tensor] = {}
-        for shard in shards:
-            tensors.update(read_tensors(path.parent / shard))
-        return tensors
-    if not path.is_file():
-        raise CheckpointError(f"{path}: weight file not found")
-    if path.suffix == ".safetensors":
-        return _read_safetensors(path)
-    return _read_pickle(path)
+            raise CheckpointError(f"{self.path}: not a valid shard index ({exc})") from None
+        return [self.path.parent / shard for shard in shards]
+
+    def read(self, name: str) -> torch.Tensor:
+        return self._where[name].read(name)
+
+    def close(self) -> None:
+        for file in self._files:
+            file.close()
+        self._files, self._where = [], {}
+
+    def __enter__(self) -> "WeightSource":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+class _File:
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        raise NotImplementedError
 
+    def read(self, name: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class _Safetensors(_File):
+    def __init__(self, path: Path):
+        from safetensors import SafetensorError, safe_open
+
+        self.path, self._error = path, SafetensorError
+        try:
+            self.handle = safe_open(str(path), framework="pt", device="cpu")
+            self._shapes = {name: tuple(self.handle.get_slice(name).get_shape()) for name in self.handle.keys()}
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{path}: unreadable safetensors file ({_first_line(exc)})") from None
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return self._shapes
+
+    def read(self, name: str) -> torch.Tensor:
+        try:
+            return self.handle.get_tensor(name)
+        except (self._error, OSError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{self.path}: cannot read {name!r} ({_first_line(exc)})") from None
+
+    def close(self) -> None:
+        self.handle = None
+
+
+class _Pickle(_File):
+    def __init__(self, path: Path):
+        self.path = path
+        obj = _torch_load(path)
+        if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+            obj = obj["state_dict"]
+        if not isinstance(obj, dict):
+            raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
+        for key, value in obj.items():
+            if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+                raise CheckpointError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor")
+        self.tensors: dict[str, torch.Tensor] = obj
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {name: tuple(t.shape) for name, t in self.tensors.items()}
+
+    def read(self, name: str) -> torch.Tensor:
+        return self.tensors.pop(name)  # released here once the caller has copied it
+
+    def close(self) -> None:
+        self.tensors = {}
+
+
+def _torch_load(path: Path):
+    """``torch.load(weights_only=True)``, memory-mapped where the file's format allows it (the zip format
+    of torch >= 1.6), so that the pickle's tensors are not all resident at once."""
     try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: unreadable safetensors file ({_first_line(exc)})") from None
-
-
-def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as exc:
+        if "mmap" not in str(exc) and "zipfile" not in str(exc):
+            raise CheckpointError(f"{path}: cannot be read as a tensor checkpoint ({_first_line(exc)})") from None
     except Exception as exc:  # weights_only refuses arbitrary objects; truncated files raise various errors
         raise CheckpointError(f"{path}: cannot be read as a tensor checkpoint ({_first_line(exc)})") from None
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
-    for key, value in obj.items():
-        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
-            raise CheckpointError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor")
-    return obj
+    try:  # the legacy (pre-zip) format cannot be memory-mapped
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot be read as a tensor checkpoint ({_first_line(exc)})") from None
+
+
+def _open(path: Path) -> _File:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weight file not found")
+    return _Safetensors(path) if path.suffix == ".safetensors" else _Pickle(path)
+
+
+def read_tensors(path: str | Path, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """All tensors of a weight file (or of every shard an ``*.index.json`` lists), each in its own freshly
+    allocated memory; ``dtype`` casts floating tensors."""
+    with WeightSource(path) as source:
+        return {name: owned_copy(source.read(name), dtype) for name in list(source.shapes)}
+
+
+def owned_copy(tensor: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``tensor`` (cast to ``dtype`` if floating) in a new, normally allocated (aligned), contiguous buffer."""
+    target = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
+    fresh = torch.empty(tensor.shape, dtype=target, device="cpu")
+    fresh.copy_(tensor)
+    return fresh
 
 
 def load_into(
     model: torch.nn.Module,
-    tensors: dict[str, torch.Tensor],
-    source: str,
+    source: WeightSource,
     rename: Callable[[str], str] | None = None,
     optional: set[str] = frozenset(),
     dtype: torch.dtype | None = None,
 ) -> None:
-    """Load ``tensors`` into ``model`` (usually built on the meta device) after a strict check.
+    """Load ``source``'s tensors into ``model`` (usually built on the meta device) after a strict check.
 
     Every model key must be present (except those in ``optional``), no extra key may remain, and shapes
-    must match; each violation is an error naming the key. ``rename`` maps a file's names to the model's.
-    ``dtype`` casts floating tensors (None keeps the stored dtype).
+    must match; each violation is an error naming the key, raised before any tensor data is read.
+    ``rename`` maps a file's names to the model's. ``dtype`` casts floating tensors (None keeps the stored
+    dtype). Every parameter and buffer ends up in memory of its own (never a view into the file).
     """
-    if rename is not None:
-        renamed: dict[str, torch.Tensor] = {}
-        for key, value in tensors.items():
-            new = rename(key)
-            if new in renamed:
-                raise CheckpointError(f"{source}: two entries map to the parameter {new!r}")
-            renamed[new] = value
-        tensors = renamed
-    expected = {name: p for name, p in model.state_dict(keep_vars=True).items()}
-    missing = [k for k in expected if k not in tensors and k not in optional]
+    where = str(source.path)
+    by_model_name: dict[str, str] = {}
+    for stored in source.shapes:
+        new = rename(stored) if rename is not None else stored
+        if new in by_model_name:
+            raise CheckpointError(f"{where}: two entries map to the parameter {new!r}")
+        by_model_name[new] = stored
+    expected = dict(model.state_dict(keep_vars=True))
+    missing = [k for k in expected if k not in by_model_name and k not in optional]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise CheckpointError(f"{source}: missing weight {missing[0]!r}{more}")
-    unexpected = [k for k in tensors if k not in expected]
+        raise CheckpointError(f"{where}: missing weight {missing[0]!r}{more}")
+    unexpected = [k for k in by_model_name if k not in expected]
     if unexpected:
         more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
-        raise CheckpointError(f"{source}: unexpected weight {unexpected[0]!r}{more}")
-    for key, value in tensors.items():
-        if tuple(value.shape) != tuple(expected[key].shape):
+        raise CheckpointError(f"{where}: unexpected weight {unexpected[0]!r}{more}")
+    for key, stored in by_model_name.items():
+        if tuple(source.shapes[stored]) != tuple(expected[key].shape):
             raise CheckpointError(
-                f"{source}: shape mismatch for {key!r}: checkpoint {tuple(value.shape)}, "
+                f"{where}: shape mismatch for {key!r}: checkpoint {tuple(source.shapes[stored])}, "
                 f"config expects {tuple(expected[key].shape)}"
             )
-    if dtype is not None:
-        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
-    model.load_state_dict(tensors, strict=False, assign=True)
+    # one stored tensor at a time: read, copy into memory of its own, release
+    owned = {key: owned_copy(source.read(stored), dtype) for key, stored in by_model_name.items()}
+    model.load_state_dict(owned, strict=False, assign=True)
 
 
 def _first_line(exc: BaseException) -> str:
