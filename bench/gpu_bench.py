@@ -110,22 +110,17 @@ _started = time.time()
 
 
 def shorten_autotuning(spec: str) -> None:
-    """Time each autotuning candidate for WARMUP,REP milliseconds instead of Triton's 25,100. fla's kernels
-    leave the benchmarker to Triton, which looks triton.testing.do_bench up on each autotuner's first use; with
-    ~20 candidates x ~10 kernels per shape the default costs about two minutes per layer case, the short one
-    a quarter of that. Only which config wins can change (every kernel runs >= 0.1 ms, so REP=25 still times
-    dozens of runs per candidate); the measurements below use cuda_time, not this."""
+    """Time each autotuning candidate for WARMUP,REP milliseconds instead of Triton's 25,100 (statex's own
+    mechanism, statex.ops.autotune.set_timing). With ~20 candidates x ~10 kernels per shape the default costs
+    about two minutes per layer case, the short one a quarter of that. Only which config wins can change (every
+    kernel runs >= 0.1 ms, so REP=25 still times dozens of runs per candidate); the measurements below use
+    cuda_time, not this."""
     if not spec:
         return
-    import triton.testing
+    from statex.ops.autotune import set_timing
 
     warmup, rep = (int(x) for x in spec.split(","))
-    full = triton.testing.do_bench
-
-    def do_bench(fn, **kwargs):  # the autotuner passes fn and quantiles
-        return full(fn, **{**kwargs, "warmup": warmup, "rep": rep})
-
-    triton.testing.do_bench = do_bench
+    set_timing(warmup, rep)
 
 
 def progress(message: str) -> None:

@@ -15,7 +15,8 @@ with the first of those. Triton writes every compiled kernel to its on-disk cach
 together the workers put every candidate of every kernel specialisation there; the tests and benchmarks
 that follow run unpatched, and their autotuning only loads and times the candidates.
 
-The patch lives in this script only; statex never changes how Triton or fla tune.
+The patch is statex's own (statex.ops.autotune.shard_compilation, the mechanism `statex train` uses before
+its first step); it applies inside the worker processes only.
 """
 from __future__ import annotations
 
@@ -33,32 +34,6 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYER_BATCHES = (1, 2)
 LAYER_LENGTH = 2048
 PARTS = ("tests", "layers", "models")
-
-
-def shard_autotuner(index: int, count: int) -> None:
-    """Make every Triton autotuner compile only its candidates index, index + count, ... and run the first."""
-    from triton.runtime.autotuner import Autotuner
-
-    original = Autotuner.run
-
-    def run(self, *args, **kwargs):
-        if len(self.configs) <= 1:
-            return original(self, *args, **kwargs)
-        self.nargs = nargs = dict(zip(self.arg_names, args))
-        candidates = self.prune_configs(kwargs)
-        mine = candidates[index::count] or [candidates[index % len(candidates)]]
-        for config in mine:
-            try:
-                self.fn.run(*args, **{**kwargs, "warmup": True}, **config.all_kwargs())
-            except Exception as exc:  # out of resources etc.: the real autotuner skips such configs too
-                print(f"compile failed for {self.base_fn.__name__} {config}: {type(exc).__name__}", flush=True)
-        self.nargs = None
-        config = mine[0]
-        if config.pre_hook is not None:
-            config.pre_hook({**nargs, **kwargs, **config.all_kwargs()})
-        return self.fn.run(*args, **kwargs, **config.all_kwargs())
-
-    Autotuner.run = run
 
 
 def workload(parts: list[str], tests_k: str = "", only: list[str] | None = None) -> None:
@@ -154,7 +129,10 @@ def main(argv=None) -> None:
     if args.worker:
         index, count = (int(x) for x in args.worker.split("/"))
         os.environ["FLA_CACHE_RESULTS"] = "0"  # a worker's timings cover only its shard: never store them
-        shard_autotuner(index, count)
+        sys.path.insert(0, str(ROOT / "src"))
+        from statex.ops.autotune import shard_compilation
+
+        shard_compilation(index, count)
         workload(args.parts, args.tests_k, args.only)
         return
     sys.exit(drive(args))

@@ -87,6 +87,31 @@ def _check_output_dir(path: Path, force: bool, source: Path | None = None) -> No
         raise statex.StatexError(f"{path}: already exists (use --force to replace it)")
 
 
+def _device(name: str):
+    import torch
+
+    if name not in ("auto", "cpu", "cuda"):
+        raise statex.StatexError(f"--device must be auto, cpu or cuda, got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise statex.StatexError("--device cuda: no CUDA device is available")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def _prepare_kernels(autotune: str | None, device, configs, batch: int, seq_len: int, decode: bool) -> None:
+    """On CUDA: the Triton kernels of these models' shapes compiled in parallel first (statex.ops.autotune)."""
+    from statex.ops import autotune as tuning
+
+    if device.type != "cuda":
+        return
+    seen = set()
+    for config in configs:
+        work = tuning.Workload(config.to_dict(), batch, seq_len, forward=True, decode_batch=batch if decode else 0,
+                               precision="fp32")
+        if work.key() not in seen:
+            seen.add(work.key())
+            tuning.prepare(work, autotune)
+
+
 def _check_vocab(tokenizer, config, name: str) -> None:
     if tokenizer.vocab_size > config.vocab_size:
         raise statex.StatexError(f"{name}: the tokenizer has {tokenizer.vocab_size} tokens but the model's "
@@ -121,30 +146,16 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             f"tokenizer {tokenizer.name} produced id {max(ids)} but the model's vocabulary has "
             f"{config.vocab_size} entries: wrong tokenizer for this model"
         )
-    model = statex.load_model(args.model)
+    device = _device(args.device)
+    model = statex.load_model(args.model, device=device)
+    _prepare_kernels(args.autotune, device, [model.config], batch=1, seq_len=len(ids), decode=True)
     stops = set(args.stop_id or [])
     if not args.no_eos_stop and tokenizer.eos_token_id is not None:
         stops.add(tokenizer.eos_token_id)
-    out = model.generate(torch.tensor([ids]), max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                         top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop_tokens=stops)
-    print(args.prompt + tokenizer.decode(out[0, len(ids):].tolist()))
-    return 0
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from statex.demo import BUDGET_KNOBS, apply_overrides, default_settings, run_demo
-
-    families = [f for f in (args.families or "").split(",") if f] or None
-    modes = [m for m in (args.modes or "").split(",") if m] or None
-    budget = {name: getattr(args, name) for name in BUDGET_KNOBS}
-    try:
-        settings = apply_overrides(default_settings(args.quick), modes=modes, expand_layers=args.expand_layers,
-                                   heads=args.heads, factor=args.factor, **budget)
-    except ValueError as exc:
-        raise statex.StatexError(str(exc)) from None
-    command = "statex " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["demo"] else None
-    run_demo(args.out, seed=args.seed, quick=args.quick, families=families, progress=not args.no_progress,
-             settings=settings, jobs=args.jobs, base_from=args.base_from, command=command)
+    out = model.generate(torch.tensor([ids], device=device), max_new_tokens=args.max_new_tokens,
+                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                         stop_tokens=stops)
+    print(args.prompt + tokenizer.decode(out[0, len(ids):].cpu().tolist()))
     return 0
 
 
@@ -175,6 +186,8 @@ _TRAIN_HELP = {
     "fsdp": "shard the model with FSDP2 under torchrun",
     "stop_at_step": "stop after this step with a checkpoint (continue later with --resume)",
     "device": "auto | cpu | cuda",
+    "autotune": "CUDA: Triton autotuning full | fast (short timing) | off (first config); candidates are compiled "
+                "in parallel first and the winners cached (STATEX_AUTOTUNE, STATEX_CACHE_DIR; docs/gpu.md)",
 }
 
 
@@ -251,11 +264,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise statex.StatexError(f"--out {out}: exists and is not a directory")
     if args.lm_eval and args.lm_eval_include is not None and not Path(args.lm_eval_include).is_dir():
         raise statex.StatexError(f"--lm-eval-include {args.lm_eval_include}: no such directory")
+    device = _device(args.device)
     tokenizer = _resolve_tokenizer(args.tokenizer, args.models[0])
     names = model_names(args.models)
-    for name, path in zip(names, args.models):
-        _check_vocab(tokenizer, statex.load_config(path)[0], name)
-    models = {name: statex.load_model(path) for name, path in zip(names, args.models)}
+    configs = [statex.load_config(path)[0] for path in args.models]
+    for name, config in zip(names, configs):
+        _check_vocab(tokenizer, config, name)
+    models = {name: statex.load_model(path, device=device) for name, path in zip(names, args.models)}
+    longest = max(options["lengths"] or options["mqar_lengths"] or [2048])
+    _prepare_kernels(args.autotune, device, configs, batch=args.batch_size, seq_len=min(longest, args.prefill_chunk),
+                     decode=any(t in ("passkey", "niah", "recall", "icl") for t in tasks) or bool(args.lm_eval))
     records = []
     if tasks:
         records = evaluate(models, tasks, tokenizer, seed=args.seed, n=args.n, batch_size=args.batch_size,
@@ -272,6 +290,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     print(markdown_table(records))
     print("wrote " + ", ".join(str(p) for p in written.values()))
     return 0
+
+
+def _add_device_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda")
+    parser.add_argument("--autotune", choices=["full", "fast", "off"],
+                        help="CUDA: Triton autotuning full | fast (short timing) | off (first config); candidates "
+                             "are compiled in parallel first and the winners cached (default STATEX_AUTOTUNE, else "
+                             "full; docs/gpu.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -326,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--stop-id", type=int, action="append", help="token id that ends generation (repeatable)")
     p.add_argument("--no-eos-stop", action="store_true", help="do not stop at the tokenizer's end token")
+    _add_device_flags(p)
     p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("eval", help="evaluate models: passkey, niah, mqar, recall, ppl, icl, lm-eval tasks",
@@ -355,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lm-eval-include", help="directory of extra lm-eval task YAMLs")
     p.add_argument("--out", default="out/eval")
     p.add_argument("--no-plots", action="store_true")
+    _add_device_flags(p)
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("train", help="pretrain or post-train (LPT / StateX) a model",
@@ -373,27 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--min-frequency", type=int, default=2)
     t.set_defaults(func=_cmd_tokenizer_train)
 
-    p = sub.add_parser("demo", help="the main job: StateX vs LPT end to end, in miniature, on a CPU",
-                       description="Pretrains a small GLA and a small Mamba2 on generated recall data, post-trains "
-                                   "each with LPT and with StateX (reinit and an inheriting mode), evaluates MQAR, "
-                                   "passkey and held-out loss, and writes OUT/results.json, OUT/report.md and plots.")
-    p.add_argument("--out", default="out/demo")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="a few steps only (about 3 minutes): checks the pipeline")
-    p.add_argument("--families", help="gla,mamba2 (default both)")
-    p.add_argument("--modes", help="ablation: StateX modes to run (GLA reinit,inherit; Mamba2 reinit,preserve,"
-                                   "copy,zero); default GLA reinit,inherit and Mamba2 reinit,preserve")
-    p.add_argument("--expand-layers", help="ablation: layers to expand (default 1,3 of the 4)")
-    p.add_argument("--heads", type=int, help="ablation: GLA heads after merging (default 1)")
-    p.add_argument("--factor", type=int, help="ablation: Mamba2 d_state factor (default 4)")
-    for knob in ("base-steps", "post-steps", "base-batch", "post-batch"):
-        p.add_argument(f"--{knob}", type=int, help=f"budget: {knob.replace('-', ' ')} (default: the tuned miniature's)")
-    p.add_argument("--base-from", metavar="DIR", help="reuse the pretrained bases of an earlier demo's OUT (for "
-                                                       "ablations: only post-training and evaluation run)")
-    p.add_argument("--jobs", type=int, help="families run side by side in this many processes (default: one per "
-                                            "family when there are enough cores; 1 runs them one after the other)")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_cmd_demo)
+    from statex.demo.cli import add_demo_parser
+
+    add_demo_parser(sub)
     return parser
 
 

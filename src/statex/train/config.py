@@ -66,6 +66,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     fsdp: bool = False
     threads: int | None = None
+    autotune: str | None = None  # CUDA: Triton autotuning full | fast | off (default STATEX_AUTOTUNE, else full)
     stop_at_step: int | None = None  # stop after this step (with a checkpoint), to be continued with --resume
 
     def validate(self) -> "TrainConfig":
@@ -85,6 +86,8 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise StatexError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
                                   f"got {getattr(self, name)!r}")
+        if self.autotune not in (None, "full", "fast", "off"):
+            raise StatexError(f"--autotune must be one of full, fast, off, got {self.autotune!r}")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
             raise StatexError("need 0 <= --min-lr <= --lr and --lr > 0")
         if not 0 < self.decay_fraction <= 1:

@@ -80,6 +80,8 @@ class _Run:
         if config.resume and loaded is None and env.main:
             warnings.warn(f"--resume: {self.out} has no checkpoint yet; starting a fresh run", stacklevel=2)
         self.model, state = self._build_model(loaded)
+        if env.device.type == "cuda":
+            self._prepare_kernels()
         self.wrapped = distributed.wrap(self.model, env, config.fsdp)
         self.optimizer = torch.optim.AdamW(build_param_groups(self.model, config.weight_decay), lr=config.lr,
                                            betas=(config.beta1, config.beta2), eps=config.eps)
@@ -163,6 +165,21 @@ class _Run:
         model.gradient_checkpointing = config.grad_checkpoint
         return model.to(self.env.device).train(), state
 
+    def _prepare_kernels(self) -> None:
+        """Triton kernels for this run's shapes compiled in parallel before the first step (ops/autotune.py); the
+        other ranks of one host wait and then find them in the shared cache."""
+        from statex.ops import autotune
+
+        config = self.config
+        work = autotune.Workload(self.model.config.to_dict(), config.batch_size, config.seq_len, train=True,
+                                 forward=config.heldout_sequences > 0, precision=config.precision)
+        first_on_host = self.env.local_rank == 0
+        if first_on_host:
+            autotune.prepare(work, config.autotune, progress=config.progress)
+        self.env.barrier()
+        if not first_on_host:
+            autotune.configure(config.autotune)
+
     # ---- the loop ----------------------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
@@ -172,6 +189,7 @@ class _Run:
                    disable=not (env.main and config.progress), dynamic_ncols=True)
         window_start, window_tokens = time.perf_counter(), 0
         skipped, last_loss, heldout = 0, float("nan"), None
+        first_step = self.step + 1
         try:
             while self.step < config.steps:
                 loss, grad_norm, lr = self._train_step()
@@ -197,11 +215,12 @@ class _Run:
                 window_tokens += self.tokens_per_step
                 bar.update(1)
                 last = self.step == config.steps
-                if self.step % config.log_every == 0 or last:
+                first = window_tokens == self.tokens_per_step and self.step == first_step  # compile time shows
+                if self.step % config.log_every == 0 or last or first:
                     elapsed = time.perf_counter() - window_start
                     record = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                               "tokens_per_s": window_tokens / max(elapsed, 1e-9),
-                              "tokens": self.step * self.tokens_per_step}
+                              "tokens": self.step * self.tokens_per_step, "time": round(time.time(), 3)}
                     self._log(record)
                     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
                     window_start, window_tokens = time.perf_counter(), 0

@@ -1,0 +1,172 @@
+"""The autotuning plumbing (statex/ops/autotune.py) on CPU, with a stand-in for Triton's Autotuner: what each
+mode patches, the compile sharding of prewarm workers, the parallel prewarm driver and its cache marker."""
+import sys
+import types
+
+import pytest
+
+import statex
+from statex.ops import autotune
+
+
+class _Config:
+    def __init__(self, block):
+        self.block, self.pre_hook = block, None
+
+    def all_kwargs(self):
+        return {"BLOCK": self.block}
+
+
+class _Kernel:
+    def __init__(self):
+        self.calls = []  # (BLOCK, compiled only)
+
+    def run(self, *args, warmup=False, **kwargs):
+        self.calls.append((kwargs["BLOCK"], warmup))
+        return kwargs["BLOCK"]
+
+
+def _stand_in():
+    """A class with the parts of Triton's Autotuner that the patches touch, and its run logic: prune, time every
+    surviving candidate with ``do_bench`` when more than one survives, run the fastest."""
+
+    class Autotuner:
+        def __init__(self, n=6):
+            self.configs = [_Config(b) for b in range(n)]
+            self.fn, self.arg_names, self._do_bench, self.nargs = _Kernel(), ["x"], None, None
+            self.timed = []
+
+        @property
+        def do_bench(self):
+            return lambda call, quantiles=None: self.timed.append("default") or call() or 1.0
+
+        def prune_configs(self, kwargs):
+            return [c for c in self.configs if c.block % 2 == 0]  # prunes odd blocks
+
+        def run(self, *args, **kwargs):
+            pruned = self.prune_configs(kwargs)
+            best = pruned[0]
+            if len(pruned) > 1:
+                times = {c: self.do_bench(lambda c=c: self.fn.run(*args, **c.all_kwargs())) for c in pruned}
+                best = min(times, key=times.get)
+            return self.fn.run(*args, **kwargs, **best.all_kwargs())
+
+    return Autotuner
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    monkeypatch.delenv("STATEX_AUTOTUNE", raising=False)
+    monkeypatch.setenv("STATEX_CACHE_DIR", str(tmp_path / "statex-cache"))
+    return tmp_path / "statex-cache" / "triton"
+
+
+def test_off_runs_the_first_surviving_candidate_untimed(cache):
+    cls = _stand_in()
+    assert autotune.configure("off", autotuner_class=cls) == "off"
+    tuner = cls()
+    assert tuner.run(1) == 0 and tuner.timed == [] and tuner.fn.calls == [(0, False)]
+    assert autotune.configure("full", autotuner_class=cls) == "full"  # restores Triton's behaviour
+    tuner = cls()
+    tuner.run(1)
+    assert tuner.timed == ["default"] * 3
+
+
+def test_fast_times_candidates_briefly(cache, monkeypatch):
+    seen = []
+    testing = types.ModuleType("triton.testing")
+    testing.do_bench = lambda call, warmup, rep, quantiles=None: seen.append((warmup, rep)) or call() or 1.0
+    triton = types.ModuleType("triton")
+    triton.testing = testing
+    monkeypatch.setitem(sys.modules, "triton", triton)
+    monkeypatch.setitem(sys.modules, "triton.testing", testing)
+    cls = _stand_in()
+    autotune.configure("fast", autotuner_class=cls)
+    tuner = cls()
+    assert tuner.run(1) == 0
+    assert seen == [autotune.FAST_TIMING_MS] * 3 and tuner.timed == []
+    own = cls()
+    own._do_bench = lambda call, quantiles=None: 7.0  # an autotuner with its own benchmarker keeps it
+    assert own.do_bench(None) == 7.0
+    autotune.configure("full", autotuner_class=cls)
+    assert cls().do_bench is not None and seen == [autotune.FAST_TIMING_MS] * 3
+
+
+def test_configure_points_triton_at_the_statex_cache_and_reads_the_environment(cache, monkeypatch):
+    monkeypatch.setenv("STATEX_AUTOTUNE", "off")
+    assert autotune.configure(None, autotuner_class=_stand_in()) == "off"
+    assert autotune.triton_cache_dir() == cache and cache.is_dir()
+    with pytest.raises(ValueError, match="not one of full, fast, off"):
+        autotune.configure("fastest", autotuner_class=_stand_in())
+
+
+def test_a_prewarm_worker_compiles_its_share_of_the_candidates(cache):
+    cls = _stand_in()
+    autotune.shard_compilation(1, 2, autotuner_class=cls)
+    tuner = cls(n=10)  # survivors after pruning: blocks 0, 2, 4, 6, 8; worker 1 of 2 takes 2 and 6
+    assert tuner.run(1) == 2
+    assert tuner.fn.calls == [(2, True), (6, True), (2, False)] and tuner.timed == []
+    autotune.configure("full", autotuner_class=cls)
+    assert cls(n=10).run(1) == 0  # the sharding is undone
+
+
+def test_a_prewarm_worker_skips_a_candidate_that_cannot_launch(cache):
+    cls = _stand_in()
+    autotune.shard_compilation(1, 2, autotuner_class=cls)
+    tuner = cls(n=10)
+    launch = tuner.fn.run
+
+    def run(*args, warmup=False, **kwargs):
+        if kwargs["BLOCK"] == 2 and not warmup:
+            raise RuntimeError("out of resource: shared memory")
+        return launch(*args, warmup=warmup, **kwargs)
+
+    tuner.fn.run = run
+    assert tuner.run(1) == 6  # its other compiled candidate
+    autotune.configure("full", autotuner_class=cls)
+
+
+def _work():
+    config = statex.gla_config(61, 32, 3, num_heads=2)
+    config.layers[1] = statex.GLASpec(num_heads=1, key_dim=16, value_dim=32)
+    return autotune.Workload(config.to_dict(), batch=2, seq_len=64, train=True)
+
+
+def test_workload_keeps_one_layer_per_distinct_spec():
+    work = _work()
+    reduced = autotune.distinct_layers(work.model)
+    assert len(reduced["layers"]) == 2 and reduced["layers"][0] == work.model["layers"][0]
+    assert statex.ModelConfig.from_dict(reduced).n_layer == 2
+    assert work.key() == _work().key() != autotune.Workload(work.model, batch=3, seq_len=64, train=True).key()
+
+
+_WORKER = ("import os, sys, time; i = sys.argv[sys.argv.index('--index') + 1]; "
+           "assert os.environ['FLA_CACHE_RESULTS'] == '0'; "
+           "time.sleep(float(os.environ.get('STANDIN_SLEEP', '0'))); "
+           "open(os.path.join(os.environ['TRITON_CACHE_DIR'], 'kernel-' + i), 'w').write('x')")
+
+
+def test_prewarm_runs_workers_in_parallel_and_is_not_repeated(cache):
+    command = [sys.executable, "-c", _WORKER]
+    first = autotune.prewarm(_work(), workers=3, progress=False, worker_command=command)
+    assert not first["skipped"] and first["workers"] == 3 and first["stopped"] == 0
+    assert sorted(p.name for p in cache.iterdir() if p.name.startswith("kernel-")) == ["kernel-0", "kernel-1",
+                                                                                       "kernel-2"]
+    assert autotune.prewarm(_work(), workers=3, progress=False, worker_command=command)["skipped"]
+
+
+def test_prewarm_stops_at_its_limit_and_leaves_no_marker(cache, monkeypatch, capsys):
+    monkeypatch.setenv("STANDIN_SLEEP", "30")
+    summary = autotune.prewarm(_work(), workers=2, limit_s=1.0, progress=True,
+                               worker_command=[sys.executable, "-c", _WORKER])
+    assert summary["stopped"] == 2 and summary["seconds"] < 20
+    assert "prewarm done" in capsys.readouterr().out
+    monkeypatch.setenv("STANDIN_SLEEP", "0")
+    assert not autotune.prewarm(_work(), workers=2, progress=False,
+                                worker_command=[sys.executable, "-c", _WORKER])["skipped"]
+
+
+def test_train_flag_is_checked():
+    with pytest.raises(statex.StatexError, match="--autotune must be one of full, fast, off"):
+        statex.train(statex.TrainConfig(init="x", synthetic="mqar:1", autotune="sometimes"))
