@@ -128,3 +128,14 @@ def test_tokenizer_train_flags(tmp_path, capsys):
     _error(capsys, ["tokenizer", "train", tmp_path / "missing", "--vocab-size", "300", "--out", tmp_path / "t.json"],
            "no such data file")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.txt"]
+
+
+def test_device_and_autotune_flags(capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    _error(capsys, ["generate", GLA, "--prompt", "hi", "--device", "cuda"], "no CUDA device is available")
+    _error(capsys, ["generate", GLA, "--prompt", "hi", "--device", "tpu"], "--device must be auto, cpu or cuda")
+    _error(capsys, ["eval", GLA, "--tasks", "mqar", "--autotune", "sometimes"], "invalid choice")
+    _error(capsys, ["train", "--model", GLA, "--synthetic", "mqar:1", "--autotune", "sometimes"],
+           "--autotune must be one of full, fast, off")

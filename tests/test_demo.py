@@ -92,6 +92,11 @@ def test_quick_demo_end_to_end_from_the_shipped_bases(tmp_path):
     other = apply_overrides(default_settings(quick=True), steps=7)
     with pytest.raises(statex.StatexError, match="other settings"):
         run_demo(tmp_path / "demo", settings=other, quick=True, progress=False, resume=True)
+    # more seeds: only the new seed's pieces run, the earlier ones are kept
+    more = apply_overrides(default_settings(quick=True), seeds=3)
+    summary = run_demo(tmp_path / "demo", settings=more, quick=True, progress=False, resume=True)
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    assert {r["seed"] for r in summary["records"] if r["variant"] == "lpt"} == {0, 1, 2}
 
 
 def test_one_family_in_process_with_its_own_bases(tmp_path, capsys):

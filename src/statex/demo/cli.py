@@ -65,8 +65,8 @@ def add_demo_parser(sub) -> None:
     p.add_argument("--pretrain", action="store_true", help="re-create the bases in OUT/bases first (about an hour "
                                                            "of CPU per family)")
     p.add_argument("--base-from", metavar="DIR", help="take the bases from DIR (written by `statex demo pretrain`)")
-    p.add_argument("--resume", action="store_true", help="skip the pieces an interrupted run with the same "
-                                                         "settings already finished")
+    p.add_argument("--resume", action="store_true", help="skip the pieces that a stopped run with the same "
+                                                         "settings finished (with more --seeds: add seeds)")
     p.add_argument("--jobs", type=int, help="pieces run side by side in this many processes (default: one per "
                                             "core; 1 runs them one after the other in this process)")
     p.add_argument("--no-progress", action="store_true")

@@ -95,10 +95,17 @@ def _locate_base(family: str, base_from: str | Path | None) -> Path:
 
 
 def _check_resume(out: Path, settings: DemoSettings, resume: bool) -> None:
+    """A resumed run must have the settings of the run it continues, except the number of seeds: a piece of
+    seed s depends on nothing else, so ``--seeds 5 --resume`` adds seeds 3 and 4 to a 3-seed run."""
     saved = out / "settings.json"
-    if resume and saved.is_file() and json.loads(saved.read_text()) != settings.to_dict():
+    if not (resume and saved.is_file()):
+        return
+    before, now = json.loads(saved.read_text()), settings.to_dict()
+    before.pop("seeds", None)
+    now.pop("seeds", None)
+    if before != now:
         raise StatexError(f"--resume: {out} was run with other settings (see {saved}); resume with the same "
-                          "flags or choose another --out")
+                          "flags (--seeds may differ) or choose another --out")
 
 
 def _pretrain(out: Path, families: list[str], quick: bool, progress: bool, jobs, started) -> dict[str, Path]:
@@ -143,7 +150,7 @@ def _run_piece(piece: _Piece, fam, settings: DemoSettings, corpus: Path, heldout
     model_dir = piece.base
     if piece.variant != "base":
         train_run(piece.base, piece.directory / "run", corpus, cache, settings.seq_len, settings.batch,
-                  fam.steps, fam.lr, tuple(fam.pairs), settings.mix, piece.seed, progress=False,
+                  fam.steps, fam.lr, tuple(fam.pairs), fam.mix, piece.seed, progress=False,
                   **piece.expansion)
         model_dir = piece.directory / "run" / "final"
     model = statex.load_model(model_dir)

@@ -136,7 +136,8 @@ def _family_section(records, family: str, settings: DemoSettings, base_record, p
     if fam is not None:
         grow = f"{fam.heads} head(s)" if family == "gla" else f"d_state x{fam.factor}"
         lines += [f"Post-training: {fam.steps} steps ({fam.steps * settings.batch * settings.seq_len:,} tokens), "
-                  f"MQAR with {fam.pairs[0]}-{fam.pairs[1]} pairs, lr {fam.lr:g}; StateX expands "
+                  f"{fam.mix['mqar']:.0%} MQAR with {fam.pairs[0]}-{fam.pairs[1]} pairs and "
+                  f"{fam.mix['text']:.0%} template text, lr {fam.lr:g}; StateX expands "
                   f"layer(s) {fam.expand_layers} to {grow}. Evaluated at T={fam.base_seq_len} (the base's context) "
                   f"and T={settings.seq_len}.", ""]
     lines += ["| variant | seeds | state elements | parameters | held-out loss |", "|---|---|---|---|---|"]
@@ -176,8 +177,8 @@ def write_demo_report(out: Path, records: list[dict[str, Any]], settings: DemoSe
              f"Command: `{command}`; {elapsed / 60:.1f} minutes. Bases: "
              + ", ".join(f"{f} `{b}`" for f, b in bases.items()) + ".", "",
              f"Within a family every variant is post-trained from the same base with the same budget, at "
-             f"T={settings.seq_len} with batches of {settings.batch} sequences of MQAR and template text "
-             f"({settings.mix}), seeds 0-{settings.seeds - 1}; seed s gives LPT and StateX the same data order.", "",
+             f"T={settings.seq_len} with batches of {settings.batch} sequences of MQAR and template text, "
+             f"seeds 0-{settings.seeds - 1}; seed s gives LPT and StateX the same data order.", "",
              "## Verdicts", "",
              "Rule: the cells past the base's capacity are the MQAR cells where the base scores below "
              f"{settings.capacity_threshold}. Per seed, gain = mean over those cells of StateX minus LPT (same seed). "

@@ -54,6 +54,7 @@ class FamilySettings:
     lr: float = 3e-3  # post-training learning rate (LPT and StateX alike)
     pairs: tuple[int, int] = (8, 48)  # MQAR pairs per post-training sequence, drawn uniformly
     steps: int = 300  # post-training steps (LPT and StateX alike)
+    mix: dict[str, float] = field(default_factory=lambda: {"text": 0.1, "mqar": 0.9})  # post-training data
 
 
 @dataclass
@@ -62,7 +63,6 @@ class DemoSettings:
     seeds: int = 3  # post-training seeds per variant (seed s: data order and expansion draws)
     seq_len: int = 256  # post-training context (longer than every base's)
     batch: int = 16
-    mix: dict[str, float] = field(default_factory=lambda: {"text": 0.1, "mqar": 0.9})
     eval_n: int = 256  # sequences per MQAR cell
     eval_seed: int = 1234  # the same evaluation sequences for every model and seed (paired comparisons)
     mqar_pairs: tuple[int, ...] = (4, 8, 16, 24, 32, 48, 64)  # at the base's length and at seq_len
@@ -97,9 +97,9 @@ def default_settings(quick: bool = False) -> DemoSettings:
     recipes = default_recipes()
     settings = DemoSettings([
         FamilySettings("gla", recipes["gla"].seq_len, expand_layers=[1], modes=("reinit", "inherit"), heads=1,
-                       lr=3e-3, pairs=(8, 48), steps=600),
+                       lr=3e-3, pairs=(8, 48), steps=600, mix={"text": 0.5, "mqar": 0.5}),
         FamilySettings("mamba2", recipes["mamba2"].seq_len, expand_layers=[1], modes=("reinit", "preserve"),
-                       factor=4, lr=3e-3, pairs=(16, 64), steps=300),
+                       factor=4, lr=3e-3, pairs=(16, 64), steps=300, mix={"text": 0.1, "mqar": 0.9}),
     ])
     if quick:
         settings = dataclasses.replace(settings, seeds=2, batch=4, eval_n=8, mqar_pairs=(4, 16),

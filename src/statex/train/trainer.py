@@ -17,12 +17,12 @@ from tqdm import tqdm
 
 from statex.data import load_tokenizer
 from statex.data.cache import build_token_cache
-from statex.data.corpus import corpus_files
 from statex.data.dataset import TrainStream, load_packed, parse_synthetic
 from statex.errors import StatexError
 from statex.train import distributed
 from statex.train.checkpoint import checkpoint_dirs, load_latest_checkpoint, rng_state, save_checkpoint, set_rng_state
 from statex.train.config import TrainConfig
+from statex.train.preflight import check_request
 from statex.train.schedule import learning_rate
 
 
@@ -69,7 +69,7 @@ class _Run:
             raise StatexError(f"{self.out} already holds checkpoints of a run (latest {existing[-1].name}); pass "
                               "--resume to continue it or choose another --out")
         self.tokenizer = load_tokenizer(config.tokenizer)
-        self._preflight(existing)
+        check_request(config, self.tokenizer, existing)
         if env.main:
             self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(config.seed)
@@ -106,26 +106,6 @@ class _Run:
             self.writer = SummaryWriter(str(self.out / "tensorboard"))
 
     # ---- setup -------------------------------------------------------------------------------------------------
-
-    def _preflight(self, existing: list[Path]) -> None:
-        """Every error of the request that the configs and paths alone reveal (model or init config, expansion,
-        tokenizer against vocabulary, data paths, synthetic sources), before any data or weights are read."""
-        from statex import load_config, plan_expansion
-
-        config = self.config
-        if config.resume and existing:
-            model_config, _ = load_config(existing[-1] / "model")
-        else:
-            model_config, _ = load_config(config.model if config.model is not None else config.init)
-            if config.expand_layers is not None:
-                _, model_config = plan_expansion(model_config, config.expand_layers, config.mode, heads=config.heads,
-                                                 factor=config.factor, dt_init=config.dt_init)
-        if self.tokenizer.vocab_size > model_config.vocab_size:
-            raise StatexError(f"the tokenizer has {self.tokenizer.vocab_size} tokens but the model's vocabulary has "
-                              f"{model_config.vocab_size}: wrong tokenizer for this model")
-        if config.data is not None:
-            corpus_files(config.data)
-        parse_synthetic(config.synthetic)
 
     def _build_stream(self) -> TrainStream:
         config, env = self.config, self.env
