@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -84,28 +83,22 @@ def cache_entries() -> int:
 
 
 def drive(args) -> int:
-    """Start the workers, report progress, stop them at the time limit."""
+    """Start the workers, report progress, stop them at the time limit (statex's own worker driver)."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from statex.ops.autotune import run_worker_processes
+
     started, before = time.time(), cache_entries()
     logs = Path(args.log_dir)
-    logs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "STATEX_BACKEND": "fla"}
-    workers = []
-    for index in range(args.workers):
-        log = open(logs / f"worker{index}.log", "w")
-        cmd = [sys.executable, __file__, "--worker", f"{index}/{args.workers}", "--parts", ",".join(args.parts),
-               "--tests-k", args.tests_k, "--only", ",".join(args.only)]
-        workers.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
-    while any(p.poll() is None for p, _ in workers) and time.time() - started < args.limit:
-        time.sleep(10)
-        running = sum(p.poll() is None for p, _ in workers)
-        print(f"[{time.time() - started:4.0f} s] {running} of {args.workers} workers running, "
+    commands = [[sys.executable, __file__, "--worker", f"{index}/{args.workers}", "--parts", ",".join(args.parts),
+                 "--tests-k", args.tests_k, "--only", ",".join(args.only)] for index in range(args.workers)]
+
+    def report(running: int, elapsed: float) -> None:
+        print(f"[{elapsed:4.0f} s] {running} of {args.workers} workers running, "
               f"{cache_entries() - before} new Triton cache entries", flush=True)
-    stopped = [p for p, _ in workers if p.poll() is None]
-    for p in stopped:
-        p.kill()
-    for p, log in workers:
-        p.wait()
-        log.close()
+
+    codes = run_worker_processes(commands, logs, env, args.limit, report)
+    stopped = [code for code in codes if code is None]
     print(f"prewarm: {time.time() - started:.0f} s, {cache_entries() - before} new cache entries, "
           f"{len(stopped)} workers stopped at the {args.limit} s limit", flush=True)
     return 1 if stopped else 0

@@ -158,13 +158,6 @@ def _open(path: Path) -> _File:
     return _Safetensors(path) if path.suffix == ".safetensors" else _Pickle(path)
 
 
-def read_tensors(path: str | Path, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """All tensors of a weight file (or of every shard an ``*.index.json`` lists), each in its own freshly
-    allocated memory; ``dtype`` casts floating tensors."""
-    with WeightSource(path) as source:
-        return {name: owned_copy(source.read(name), dtype) for name in list(source.shapes)}
-
-
 def owned_copy(tensor: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """``tensor`` (cast to ``dtype`` if floating) in a new, normally allocated (aligned), contiguous buffer."""
     target = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype

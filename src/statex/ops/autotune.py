@@ -267,32 +267,21 @@ def prewarm(work: Workload, workers: int | None = None, limit_s: float = DEFAULT
     print(f"[autotune] compiling the Triton kernels of this run in {workers} processes (once per shape; cache "
           f"{cache})", flush=True)
     logs = cache / "statex-prewarm" / "logs"  # the last prewarm's worker logs, for diagnosis
-    logs.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="statex-prewarm-") as tmp:
         spec = Path(tmp) / "workload.json"
         spec.write_text(json.dumps(asdict(work)))
-        procs = []
-        for index in range(workers):
-            log = open(logs / f"worker{index}.log", "w")
-            args = [*command, "--index", str(index), "--count", str(workers), "--spec", str(spec)]
-            procs.append((subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env), log))
-        last = 0.0
-        while any(p.poll() is None for p, _ in procs) and time.time() - started < limit_s:
-            time.sleep(0.2)
-            if progress and time.time() - last >= 10:
-                last = time.time()
-                running = sum(p.poll() is None for p, _ in procs)
+        commands = [[*command, "--index", str(index), "--count", str(workers), "--spec", str(spec)]
+                    for index in range(workers)]
+
+        def report(running: int, elapsed: float) -> None:
+            if progress:
                 print(f"[autotune] compiling Triton kernels: {running}/{workers} workers, "
-                      f"{_entries(cache) - before} new cache entries, {time.time() - started:.0f} s", flush=True)
-        stopped = [p for p, _ in procs if p.poll() is None]
-        for p in stopped:
-            p.kill()
-        failed = []
-        for index, (p, log) in enumerate(procs):
-            p.wait()
-            log.close()
-            if p.returncode not in (0, None) and p not in stopped:
-                failed.append((index, (logs / f"worker{index}.log").read_text()[-400:]))
+                      f"{_entries(cache) - before} new cache entries, {elapsed:.0f} s", flush=True)
+
+        codes = run_worker_processes(commands, logs, env, limit_s, report)
+    stopped = [i for i, code in enumerate(codes) if code is None]
+    failed = [(i, (logs / f"worker{i}.log").read_text()[-400:]) for i, code in enumerate(codes)
+              if code not in (0, None)]
     summary = {"skipped": False, "workers": workers, "seconds": round(time.time() - started, 1),
                "new_cache_entries": _entries(cache) - before, "stopped": len(stopped), "failed": len(failed)}
     if failed:
@@ -307,6 +296,32 @@ def prewarm(work: Workload, workers: int | None = None, limit_s: float = DEFAULT
     print(f"[autotune] prewarm done in {summary['seconds']:.0f} s ({workers} workers, "
           f"{summary['new_cache_entries']} new cache entries)", flush=True)
     return summary
+
+
+def run_worker_processes(commands: list[list[str]], log_dir: Path, env: dict[str, str], limit_s: float,
+                         report=None, every_s: float = 10.0) -> list[int | None]:
+    """Start one process per command (output to ``log_dir/worker<i>.log``), call ``report(running, elapsed)``
+    every ``every_s`` seconds, kill those still running at ``limit_s``. Returns each exit code (None: killed)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    started, procs = time.time(), []
+    for index, args in enumerate(commands):
+        log = open(log_dir / f"worker{index}.log", "w")
+        procs.append((subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env), log))
+    last = 0.0
+    while any(p.poll() is None for p, _ in procs) and time.time() - started < limit_s:
+        time.sleep(0.2)
+        if report is not None and time.time() - last >= every_s:
+            last = time.time()
+            report(sum(p.poll() is None for p, _ in procs), time.time() - started)
+    codes = []
+    for p, log in procs:
+        killed = p.poll() is None
+        if killed:
+            p.kill()
+        p.wait()
+        log.close()
+        codes.append(None if killed else p.returncode)
+    return codes
 
 
 def _entries(cache: Path) -> int:

@@ -138,9 +138,6 @@ class _Run:
                            seed=config.seed if config.expand_seed is None else config.expand_seed,
                            keep_attn_norm=config.keep_attn_norm, keep_ssm_params=config.keep_ssm_params,
                            dt_init=config.dt_init)
-        if self.tokenizer.vocab_size > model.config.vocab_size:
-            raise StatexError(f"the tokenizer has {self.tokenizer.vocab_size} tokens but the model's vocabulary has "
-                              f"{model.config.vocab_size}: wrong tokenizer for this model")
         model = model.to(torch.bfloat16 if config.precision == "pure-bf16" else torch.float32)
         model.gradient_checkpointing = config.grad_checkpoint
         return model.to(self.env.device).train(), state
