@@ -80,22 +80,36 @@ def run_case(name: str, mode: str, data: str, steps: int, out: Path, limit: floa
     if (run / "metrics.jsonl").exists():
         records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
     prewarm = re.findall(r"prewarm done in (\d+) s", text)
+    late = compiled_after_prewarm(out / f"cache-{name}-{mode}" / "triton")
     steady = [r["tokens_per_s"] for r in records if r["step"] > 5]
     return {"case": name, "mode": mode, "what": CASES[name][2], "exit": code,
             "steps": records[-1]["step"] if records else 0,
             "first_step_s": round(records[0]["time"] - launched, 1) if records else None,
             "prewarm_s": int(prewarm[0]) if prewarm else None,
             "steady_tokens_per_s": round(statistics.median(steady)) if steady else None,
-            "wall_s": round(time.time() - launched, 1), "log_tail": text[-600:] if code != 0 else ""}
+            "compiled_by_run": late, "wall_s": round(time.time() - launched, 1),
+            "log_tail": text[-600:] if code != 0 else ""}
+
+
+def compiled_after_prewarm(cache: Path) -> dict | None:
+    """The kernels the run compiled itself after its prewarm finished (the prewarm should leave none): count and
+    names, from the Triton cache entries newer than the prewarm's marker. None when no prewarm completed."""
+    markers = list((cache / "statex-prewarm").glob("*.json"))
+    if not markers:
+        return None
+    done = max(m.stat().st_mtime for m in markers)
+    names = sorted(f.name.removesuffix(".cubin") for f in cache.glob("*/*.cubin") if f.stat().st_mtime > done)
+    return {"count": len(names), "kernels": sorted(set(names))[:20]}
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| case | autotune | first step (s from launch) | of which prewarm (s) | steady tokens/s | exit |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| case | autotune | first step (s from launch) | of which prewarm (s) | kernels the run compiled "
+             "after the prewarm | steady tokens/s | exit |", "|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r['case']} | {r['mode']} | {r['first_step_s']} | {r['prewarm_s']} | "
-                     f"{r['steady_tokens_per_s']:,} | {r['exit']} |" if r["steady_tokens_per_s"] else
-                     f"| {r['case']} | {r['mode']} | {r['first_step_s']} | {r['prewarm_s']} | - | {r['exit']} |")
+        late = r["compiled_by_run"]["count"] if r.get("compiled_by_run") else "-"
+        speed = f"{r['steady_tokens_per_s']:,}" if r["steady_tokens_per_s"] else "-"
+        lines.append(f"| {r['case']} | {r['mode']} | {r['first_step_s']} | {r['prewarm_s']} | {late} | {speed} | "
+                     f"{r['exit']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -21,14 +21,16 @@ class _Kernel:
     def __init__(self):
         self.calls = []  # (BLOCK, compiled only)
 
-    def run(self, *args, warmup=False, **kwargs):
+    def run(self, *args, grid, warmup, **kwargs):  # Triton's JITFunction.run: grid and warmup are required
         self.calls.append((kwargs["BLOCK"], warmup))
         return kwargs["BLOCK"]
 
 
 def _stand_in():
-    """A class with the parts of Triton's Autotuner that the patches touch, and its run logic: prune, time every
-    surviving candidate with ``do_bench`` when more than one survives, run the fastest."""
+    """A class with the parts of Triton's Autotuner that the patches touch, its calling convention (a launch is
+    ``tuner[grid](*args)``, which calls ``run(*args, grid=grid, warmup=False)``, and run passes both on to the
+    kernel) and its run logic: prune, time every surviving candidate with ``do_bench`` when more than one
+    survives, run the fastest."""
 
     class Autotuner:
         def __init__(self, n=6):
@@ -43,11 +45,15 @@ def _stand_in():
         def prune_configs(self, kwargs):
             return [c for c in self.configs if c.block % 2 == 0]  # prunes odd blocks
 
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: self.run(*args, grid=grid, warmup=False, **kwargs)
+
         def run(self, *args, **kwargs):
             pruned = self.prune_configs(kwargs)
             best = pruned[0]
             if len(pruned) > 1:
-                times = {c: self.do_bench(lambda c=c: self.fn.run(*args, **c.all_kwargs())) for c in pruned}
+                times = {c: self.do_bench(lambda c=c: self.fn.run(*args, **kwargs, **c.all_kwargs()))
+                         for c in pruned}
                 best = min(times, key=times.get)
             return self.fn.run(*args, **kwargs, **best.all_kwargs())
 
@@ -66,10 +72,10 @@ def test_off_runs_the_first_surviving_candidate_untimed(cache):
     cls = _stand_in()
     assert autotune.configure("off", autotuner_class=cls) == "off"
     tuner = cls()
-    assert tuner.run(1) == 0 and tuner.timed == [] and tuner.fn.calls == [(0, False)]
+    assert tuner[(4,)](1) == 0 and tuner.timed == [] and tuner.fn.calls == [(0, False)]
     assert autotune.configure("full", autotuner_class=cls) == "full"  # restores Triton's behaviour
     tuner = cls()
-    tuner.run(1)
+    tuner[(4,)](1)
     assert tuner.timed == ["default"] * 3
 
 
@@ -84,7 +90,7 @@ def test_fast_times_candidates_briefly(cache, monkeypatch):
     cls = _stand_in()
     autotune.configure("fast", autotuner_class=cls)
     tuner = cls()
-    assert tuner.run(1) == 0
+    assert tuner[(4,)](1) == 0
     assert seen == [autotune.FAST_TIMING_MS] * 3 and tuner.timed == []
     own = cls()
     own._do_bench = lambda call, quantiles=None: 7.0  # an autotuner with its own benchmarker keeps it
@@ -105,10 +111,10 @@ def test_a_prewarm_worker_compiles_its_share_of_the_candidates(cache):
     cls = _stand_in()
     autotune.shard_compilation(1, 2, autotuner_class=cls)
     tuner = cls(n=10)  # survivors after pruning: blocks 0, 2, 4, 6, 8; worker 1 of 2 takes 2 and 6
-    assert tuner.run(1) == 2
+    assert tuner[(4,)](1) == 2
     assert tuner.fn.calls == [(2, True), (6, True), (2, False)] and tuner.timed == []
     autotune.configure("full", autotuner_class=cls)
-    assert cls(n=10).run(1) == 0  # the sharding is undone
+    assert cls(n=10)[(4,)](1) == 0  # the sharding is undone
 
 
 def test_a_prewarm_worker_skips_a_candidate_that_cannot_launch(cache):
@@ -117,13 +123,13 @@ def test_a_prewarm_worker_skips_a_candidate_that_cannot_launch(cache):
     tuner = cls(n=10)
     launch = tuner.fn.run
 
-    def run(*args, warmup=False, **kwargs):
+    def run(*args, grid, warmup, **kwargs):
         if kwargs["BLOCK"] == 2 and not warmup:
             raise RuntimeError("out of resource: shared memory")
-        return launch(*args, warmup=warmup, **kwargs)
+        return launch(*args, grid=grid, warmup=warmup, **kwargs)
 
     tuner.fn.run = run
-    assert tuner.run(1) == 6  # its other compiled candidate
+    assert tuner[(4,)](1) == 6  # its other compiled candidate
     autotune.configure("full", autotuner_class=cls)
 
 

@@ -27,7 +27,7 @@ configs["gla"].layers[1] = statex.GLASpec(num_heads=1, key_dim=128, value_dim=25
 errors = {}
 for family, config in configs.items():
     work = autotune.Workload(config.to_dict(), batch=2, seq_len=300, train=True, precision="bf16")
-    summary = autotune.prepare(work, mode, progress=False, workers=4) if prewarm else autotune.configure(mode)
+    summary = autotune.prepare(work, mode, progress=False) if prewarm else autotune.configure(mode)
     ids = torch.randint(0, 512, (2, 300), device="cuda")
     grads = {}
     for backend in ("fla", "torch"):

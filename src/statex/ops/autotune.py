@@ -142,11 +142,14 @@ def shard_compilation(index: int, count: int, autotuner_class=None) -> None:
         self.nargs = nargs = dict(zip(self.arg_names, args))
         candidates = self.prune_configs(kwargs)
         mine = candidates[index::count] or [candidates[index % len(candidates)]]
+        # A launch arrives as kernel[grid](...), which passes grid= and warmup=False on to the autotuner's run;
+        # compiling without launching replaces that warmup flag.
+        compile_only = {name: value for name, value in kwargs.items() if name != "warmup"}
         for config in mine:
             try:
-                self.fn.run(*args, **kwargs, **config.all_kwargs(), warmup=True)
+                self.fn.run(*args, **compile_only, **config.all_kwargs(), warmup=True)
             except Exception as exc:  # out of resources etc.: the real autotuner skips such configs too
-                print(f"autotune prewarm: {type(exc).__name__} compiling a candidate", flush=True)
+                print(f"autotune prewarm: {type(exc).__name__} compiling a candidate: {str(exc)[:200]}", flush=True)
         self.nargs = None
         for config in mine:  # the first of them that launches (one may exceed the GPU's shared memory)
             if config.pre_hook is not None:
