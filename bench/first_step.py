@@ -20,6 +20,7 @@ import re
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -69,12 +70,15 @@ def run_case(name: str, mode: str, data: str, steps: int, out: Path, limit: floa
     command = [sys.executable, "-m", "statex", "train", "--config", str(config), "--autotune", mode]
     launched = time.time()
     with open(out / f"{name}-{mode}.log", "w") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        copier = threading.Thread(target=copy_with_times, args=(proc.stdout, log, launched), daemon=True)
+        copier.start()
         try:
             code = proc.wait(timeout=limit)
         except subprocess.TimeoutExpired:
             proc.kill()
             code = "timeout"
+        copier.join(timeout=10)
     text = (out / f"{name}-{mode}.log").read_text(errors="replace")
     records = []
     if (run / "metrics.jsonl").exists():
@@ -89,6 +93,21 @@ def run_case(name: str, mode: str, data: str, steps: int, out: Path, limit: floa
             "steady_tokens_per_s": round(statistics.median(steady)) if steady else None,
             "compiled_by_run": late, "wall_s": round(time.time() - launched, 1),
             "log_tail": text[-600:] if code != 0 else ""}
+
+
+def copy_with_times(stream, log, launched: float) -> None:
+    """Copy the run's output into its log, each line (and each progress-bar redraw) prefixed with the seconds
+    since launch, so the log shows where the time to the first step went."""
+    line = b""
+    while chunk := stream.read1(65536):
+        for byte in (chunk[i:i + 1] for i in range(len(chunk))):
+            line += byte
+            if byte in (b"\n", b"\r"):
+                log.write(f"[{time.time() - launched:6.1f} s] " + line.decode(errors="replace").rstrip() + "\n")
+                line = b""
+        log.flush()
+    if line:
+        log.write(f"[{time.time() - launched:6.1f} s] " + line.decode(errors="replace") + "\n")
 
 
 def compiled_after_prewarm(cache: Path) -> dict | None:

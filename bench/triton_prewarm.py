@@ -15,8 +15,8 @@ with the first of those. Triton writes every compiled kernel to its on-disk cach
 together the workers put every candidate of every kernel specialisation there; the tests and benchmarks
 that follow run unpatched, and their autotuning only loads and times the candidates.
 
-The patch is statex's own (statex.ops.autotune.shard_compilation, the mechanism `statex train` uses before
-its first step); it applies inside the worker processes only.
+The patch is statex's own (statex.ops.autotune.shard_compilation, the mechanism of statex.ops.prewarm that `statex
+train` uses before its first step); it applies inside the worker processes only.
 """
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def cache_entries() -> int:
 def drive(args) -> int:
     """Start the workers, report progress, stop them at the time limit (statex's own worker driver)."""
     sys.path.insert(0, str(ROOT / "src"))
-    from statex.ops.autotune import run_worker_processes
+    from statex.ops.prewarm import run_worker_processes
 
     started, before = time.time(), cache_entries()
     logs = Path(args.log_dir)

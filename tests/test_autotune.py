@@ -1,12 +1,13 @@
-"""The autotuning plumbing (statex/ops/autotune.py) on CPU, with a stand-in for Triton's Autotuner: what each
+"""The autotuning plumbing (statex/ops/autotune.py, statex/ops/prewarm.py) on CPU, with a stand-in for Triton's Autotuner: what each
 mode patches, the compile sharding of prewarm workers, the parallel prewarm driver and its cache marker."""
 import sys
+import time
 import types
 
 import pytest
 
 import statex
-from statex.ops import autotune
+from statex.ops import autotune, prewarm
 
 
 class _Config:
@@ -136,15 +137,15 @@ def test_a_prewarm_worker_skips_a_candidate_that_cannot_launch(cache):
 def _work():
     config = statex.gla_config(61, 32, 3, num_heads=2)
     config.layers[1] = statex.GLASpec(num_heads=1, key_dim=16, value_dim=32)
-    return autotune.Workload(config.to_dict(), batch=2, seq_len=64, train=True)
+    return prewarm.Workload(config.to_dict(), batch=2, seq_len=64, train=True)
 
 
 def test_workload_keeps_one_layer_per_distinct_spec():
     work = _work()
-    reduced = autotune.distinct_layers(work.model)
+    reduced = prewarm.distinct_layers(work.model)
     assert len(reduced["layers"]) == 2 and reduced["layers"][0] == work.model["layers"][0]
     assert statex.ModelConfig.from_dict(reduced).n_layer == 2
-    assert work.key() == _work().key() != autotune.Workload(work.model, batch=3, seq_len=64, train=True).key()
+    assert work.key() == _work().key() != prewarm.Workload(work.model, batch=3, seq_len=64, train=True).key()
 
 
 _WORKER = ("import os, sys, time; i = sys.argv[sys.argv.index('--index') + 1]; "
@@ -155,24 +156,42 @@ _WORKER = ("import os, sys, time; i = sys.argv[sys.argv.index('--index') + 1]; "
 
 def test_prewarm_runs_workers_in_parallel_and_is_not_repeated(cache):
     command = [sys.executable, "-c", _WORKER]
-    first = autotune.prewarm(_work(), workers=3, progress=False, worker_command=command)
+    first = prewarm.prewarm(_work(), workers=3, progress=False, worker_command=command)
     assert not first["skipped"] and first["workers"] == 3 and first["stopped"] == 0
     assert sorted(p.name for p in cache.iterdir() if p.name.startswith("kernel-")) == ["kernel-0", "kernel-1",
                                                                                        "kernel-2"]
-    assert autotune.prewarm(_work(), workers=3, progress=False, worker_command=command)["skipped"]
+    assert prewarm.prewarm(_work(), workers=3, progress=False, worker_command=command)["skipped"]
 
 
 def test_prewarm_stops_at_its_limit_and_leaves_no_marker(cache, monkeypatch, capsys):
     monkeypatch.setenv("STANDIN_SLEEP", "30")
-    summary = autotune.prewarm(_work(), workers=2, limit_s=1.0, progress=True,
+    summary = prewarm.prewarm(_work(), workers=2, limit_s=1.0, progress=True,
                                worker_command=[sys.executable, "-c", _WORKER])
     assert summary["stopped"] == 2 and summary["seconds"] < 20
     assert "prewarm done" in capsys.readouterr().out
     monkeypatch.setenv("STANDIN_SLEEP", "0")
-    assert not autotune.prewarm(_work(), workers=2, progress=False,
+    assert not prewarm.prewarm(_work(), workers=2, progress=False,
                                 worker_command=[sys.executable, "-c", _WORKER])["skipped"]
 
 
 def test_train_flag_is_checked():
     with pytest.raises(statex.StatexError, match="--autotune must be one of full, fast, off"):
         statex.train(statex.TrainConfig(init="x", synthetic="mqar:1", autotune="sometimes"))
+
+
+def test_prewarm_starts_in_the_background(cache, monkeypatch):
+    monkeypatch.setenv("STANDIN_SLEEP", "2")
+    command = [sys.executable, "-c", _WORKER]
+    started = time.time()
+    handle = prewarm.start(_work(), workers=2, progress=False, worker_command=command)
+    assert time.time() - started < 1.5 and handle.processes.running() == 2  # returns while the workers run
+    summary = handle.wait()
+    assert summary["stopped"] == summary["failed"] == 0 and not summary["skipped"] and summary["seconds"] >= 2
+    assert prewarm.start(_work(), workers=2, progress=False, worker_command=command) is None  # marker written
+
+
+def test_begin_in_mode_off_starts_nothing(cache):
+    assert prewarm.begin(_work(), "off", progress=False, worker_command=[sys.executable, "-c", "raise SystemExit(3)"]
+                         ) is None
+    assert not (cache / "statex-prewarm").exists()
+    autotune.configure("full")  # undo the patch where Triton is installed

@@ -17,8 +17,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or not backends.fl
 
 _SCRIPT = r"""
 import json, sys, torch, statex
-from statex.ops import autotune, backends
-mode, prewarm = sys.argv[1], sys.argv[2] == "1"
+from statex.ops import autotune, backends, prewarm
+mode, warm_first = sys.argv[1], sys.argv[2] == "1"
 configs = {
     "gla": statex.gla_config(512, 256, 2, num_heads=2, use_short_conv=True),
     "mamba2": statex.mamba2_config(512, 256, 2, d_state=64, headdim=64),
@@ -26,8 +26,8 @@ configs = {
 configs["gla"].layers[1] = statex.GLASpec(num_heads=1, key_dim=128, value_dim=256, use_short_conv=True)
 errors = {}
 for family, config in configs.items():
-    work = autotune.Workload(config.to_dict(), batch=2, seq_len=300, train=True, precision="bf16")
-    summary = autotune.prepare(work, mode, progress=False) if prewarm else autotune.configure(mode)
+    work = prewarm.Workload(config.to_dict(), batch=2, seq_len=300, train=True, precision="bf16")
+    summary = prewarm.prepare(work, mode, progress=False) if warm_first else autotune.configure(mode)
     ids = torch.randint(0, 512, (2, 300), device="cuda")
     grads = {}
     for backend in ("fla", "torch"):

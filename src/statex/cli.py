@@ -97,18 +97,18 @@ def _device(name: str):
 
 
 def _prepare_kernels(autotune: str | None, device, configs, batch: int, seq_len: int, decode: bool) -> None:
-    """On CUDA: the Triton kernels of these models' shapes compiled in parallel first (statex.ops.autotune)."""
-    from statex.ops import autotune as tuning
+    """On CUDA: the Triton kernels of these models' shapes compiled in parallel first (statex.ops.prewarm)."""
+    from statex.ops import prewarm
 
     if device.type != "cuda":
         return
     seen = set()
     for config in configs:
-        work = tuning.Workload(config.to_dict(), batch, seq_len, forward=True, decode_batch=batch if decode else 0,
-                               precision="fp32")
+        work = prewarm.Workload(config.to_dict(), batch, seq_len, forward=True, decode_batch=batch if decode else 0,
+                                precision="fp32")
         if work.key() not in seen:
             seen.add(work.key())
-            tuning.prepare(work, autotune)
+            prewarm.prepare(work, autotune)
 
 
 def _check_vocab(tokenizer, config, name: str) -> None:

@@ -10,8 +10,9 @@ from statex.errors import StatexError
 from statex.train.config import TrainConfig
 
 
-def check_request(config: TrainConfig, tokenizer, existing: list[Path]) -> None:
-    """``existing``: the run's checkpoints (a resumed run takes its model config from the latest)."""
+def check_request(config: TrainConfig, tokenizer, existing: list[Path]):
+    """``existing``: the run's checkpoints (a resumed run takes its model config from the latest). Returns the
+    ModelConfig the run will train (after any expansion)."""
     from statex import load_config, plan_expansion
 
     if config.resume and existing:
@@ -27,3 +28,4 @@ def check_request(config: TrainConfig, tokenizer, existing: list[Path]) -> None:
     if config.data is not None:
         corpus_files(config.data)
     parse_synthetic(config.synthetic)
+    return model_config

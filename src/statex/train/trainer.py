@@ -69,19 +69,23 @@ class _Run:
             raise StatexError(f"{self.out} already holds checkpoints of a run (latest {existing[-1].name}); pass "
                               "--resume to continue it or choose another --out")
         self.tokenizer = load_tokenizer(config.tokenizer)
-        check_request(config, self.tokenizer, existing)
+        model_config = check_request(config, self.tokenizer, existing)
         if env.main:
             self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(config.seed)
         random.seed(config.seed)
+        prewarm = self._start_kernels(model_config) if env.device.type == "cuda" else None
 
         self.stream = self._build_stream()
         loaded = load_latest_checkpoint(self.out) if config.resume else None
         if config.resume and loaded is None and env.main:
             warnings.warn(f"--resume: {self.out} has no checkpoint yet; starting a fresh run", stacklevel=2)
         self.model, state = self._build_model(loaded)
+        if env.main and config.progress:
+            print(f"model: {sum(p.numel() for p in self.model.parameters()) / 1e6:.1f}M parameters on "
+                  f"{env.device}, {config.precision}", flush=True)
         if env.device.type == "cuda":
-            self._prepare_kernels()
+            self._finish_kernels(prewarm)
         self.wrapped = distributed.wrap(self.model, env, config.fsdp)
         self.optimizer = torch.optim.AdamW(build_param_groups(self.model, config.weight_decay), lr=config.lr,
                                            betas=(config.beta1, config.beta2), eps=config.eps)
@@ -142,20 +146,26 @@ class _Run:
         model.gradient_checkpointing = config.grad_checkpoint
         return model.to(self.env.device).train(), state
 
-    def _prepare_kernels(self) -> None:
-        """Triton kernels for this run's shapes compiled in parallel before the first step (ops/autotune.py); the
-        other ranks of one host wait and then find them in the shared cache."""
-        from statex.ops import autotune
+    def _start_kernels(self, model_config):
+        """Start compiling this run's Triton kernels in parallel (ops/prewarm.py) while the data and the model are
+        built; only the first process of each host does, the others find them in the shared cache."""
+        from statex.ops import prewarm
 
         config = self.config
-        work = autotune.Workload(self.model.config.to_dict(), config.batch_size, config.seq_len, train=True,
-                                 forward=config.heldout_sequences > 0, precision=config.precision)
-        first_on_host = self.env.local_rank == 0
-        if first_on_host:
-            autotune.prepare(work, config.autotune, progress=config.progress)
+        if self.env.local_rank != 0:
+            return None
+        work = prewarm.Workload(model_config.to_dict(), config.batch_size, config.seq_len, train=True,
+                                forward=config.heldout_sequences > 0, precision=config.precision)
+        return prewarm.begin(work, config.autotune, progress=config.progress)
+
+    def _finish_kernels(self, handle) -> None:
+        from statex.ops import autotune
+
+        if handle is not None:
+            handle.wait()
         self.env.barrier()
-        if not first_on_host:
-            autotune.configure(config.autotune)
+        if self.env.local_rank != 0:
+            autotune.configure(self.config.autotune)
 
     # ---- the loop ----------------------------------------------------------------------------------------------
 
