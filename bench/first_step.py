@@ -4,7 +4,8 @@ Triton cache (each case gets a fresh STATEX_CACHE_DIR).
     python bench/first_step.py --out out/first-step [--cases midscale-gla:fast,midscale-gla:full,...]
         [--data FILE] [--steps 30]
 
-A case is NAME:MODE. NAME picks a training command (CASES below); MODE is `--autotune`. For each case the
+A case is NAME:MODE. NAME picks a training command (CASES below); MODE is `--autotune`. A case named again
+runs in the cache its first run filled (a later run on the same machine). For each case the
 script launches `statex train` as a user would, notes the launch time, and reads the run's metrics.jsonl
 (whose first record is the first optimizer step, with a wall-clock "time"). Reported per case: seconds from
 launch to the first step, the prewarm's seconds (from the run's output), and the median tokens/s over the
@@ -62,14 +63,16 @@ def case_config(name: str, data: str, steps: int, out: Path, run: Path) -> Path:
     return config
 
 
-def run_case(name: str, mode: str, data: str, steps: int, out: Path, limit: float) -> dict:
-    run = out / f"{name}-{mode}"
+def run_case(name: str, mode: str, data: str, steps: int, out: Path, limit: float, repeat: int = 0) -> dict:
+    """``repeat`` > 0: the same case again, in the cache the first one filled (what a later run finds)."""
+    label = f"{name}-{mode}" + (f"-again{repeat}" if repeat else "")
+    run = out / label
     config = case_config(name, data, steps, out, run)
     env = {**os.environ, "STATEX_CACHE_DIR": str(out / f"cache-{name}-{mode}"), "PYTHONUNBUFFERED": "1"}
     env.pop("TRITON_CACHE_DIR", None)
     command = [sys.executable, "-m", "statex", "train", "--config", str(config), "--autotune", mode]
     launched = time.time()
-    with open(out / f"{name}-{mode}.log", "w") as log:
+    with open(out / f"{label}.log", "w") as log:
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         copier = threading.Thread(target=copy_with_times, args=(proc.stdout, log, launched), daemon=True)
         copier.start()
@@ -79,14 +82,14 @@ def run_case(name: str, mode: str, data: str, steps: int, out: Path, limit: floa
             proc.kill()
             code = "timeout"
         copier.join(timeout=10)
-    text = (out / f"{name}-{mode}.log").read_text(errors="replace")
+    text = (out / f"{label}.log").read_text(errors="replace")
     records = []
     if (run / "metrics.jsonl").exists():
         records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
     prewarm = re.findall(r"prewarm done in (\d+) s", text)
     late = compiled_after_prewarm(out / f"cache-{name}-{mode}" / "triton")
     steady = [r["tokens_per_s"] for r in records if r["step"] > 5]
-    return {"case": name, "mode": mode, "what": CASES[name][2], "exit": code,
+    return {"case": name, "mode": mode, "cache": "warm" if repeat else "fresh", "what": CASES[name][2], "exit": code,
             "steps": records[-1]["step"] if records else 0,
             "first_step_s": round(records[0]["time"] - launched, 1) if records else None,
             "prewarm_s": int(prewarm[0]) if prewarm else None,
@@ -122,12 +125,12 @@ def compiled_after_prewarm(cache: Path) -> dict | None:
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| case | autotune | first step (s from launch) | of which prewarm (s) | kernels the run compiled "
-             "after the prewarm | steady tokens/s | exit |", "|---|---|---|---|---|---|---|"]
+    lines = ["| case | autotune | cache | first step (s from launch) | of which prewarm (s) | kernels the run "
+             "compiled after the prewarm | steady tokens/s | exit |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
         late = r["compiled_by_run"]["count"] if r.get("compiled_by_run") else "-"
         speed = f"{r['steady_tokens_per_s']:,}" if r["steady_tokens_per_s"] else "-"
-        lines.append(f"| {r['case']} | {r['mode']} | {r['first_step_s']} | {r['prewarm_s']} | {late} | {speed} | "
+        lines.append(f"| {r['case']} | {r['mode']} | {r['cache']} | {r['first_step_s']} | {r['prewarm_s']} | {late} | {speed} | "
                      f"{r['exit']} |")
     return "\n".join(lines) + "\n"
 
@@ -148,12 +151,13 @@ def main(argv=None) -> None:
         from statex.demo.data import write_corpus
 
         data = str(write_corpus(out / "data", 30_000, 0))
-    results = []
+    results, seen = [], []
     for case in [c for c in args.cases.split(",") if c]:
         name, _, mode = case.partition(":")
         if name not in CASES or mode not in ("full", "fast", "off"):
             sys.exit(f"first_step.py: unknown case {case!r} (names {', '.join(CASES)}; modes full, fast, off)")
-        result = run_case(name, mode, data, args.steps, out, args.limit)
+        result = run_case(name, mode, data, args.steps, out, args.limit, repeat=seen.count(case))
+        seen.append(case)
         print(json.dumps(result), flush=True)
         results.append(result)
         (out / "first_step.json").write_text(json.dumps(results, indent=1) + "\n")

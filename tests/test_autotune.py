@@ -101,6 +101,7 @@ def test_fast_times_candidates_briefly(cache, monkeypatch):
 
 
 def test_configure_points_triton_at_the_statex_cache_and_reads_the_environment(cache, monkeypatch):
+    assert autotune.configure(None, autotuner_class=_stand_in()) == "fast"  # the default
     monkeypatch.setenv("STATEX_AUTOTUNE", "off")
     assert autotune.configure(None, autotuner_class=_stand_in()) == "off"
     assert autotune.triton_cache_dir() == cache and cache.is_dir()
@@ -195,3 +196,21 @@ def test_begin_in_mode_off_starts_nothing(cache):
                          ) is None
     assert not (cache / "statex-prewarm").exists()
     autotune.configure("full")  # undo the patch where Triton is installed
+
+
+def test_a_worker_out_of_gpu_memory_tries_again(monkeypatch):
+    import torch
+
+    calls = []
+
+    def workload(work):
+        calls.append(work)
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(prewarm, "run_workload", workload)
+    assert prewarm._attempt_workload("w", last=False) is False  # freed, to be tried again
+    assert prewarm._attempt_workload("w", last=False) is True and calls == ["w", "w"]
+    calls.clear()
+    with pytest.raises(torch.OutOfMemoryError):
+        prewarm._attempt_workload("w", last=True)

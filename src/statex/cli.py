@@ -185,8 +185,8 @@ _TRAIN_HELP = {
     "fsdp": "shard the model with FSDP2 under torchrun",
     "stop_at_step": "stop after this step with a checkpoint (continue later with --resume)",
     "device": "auto | cpu | cuda",
-    "autotune": "CUDA: Triton autotuning full | fast (short timing) | off (first config); candidates are compiled "
-                "in parallel first and the winners cached (STATEX_AUTOTUNE, STATEX_CACHE_DIR; docs/gpu.md)",
+    "autotune": "CUDA: Triton autotuning fast (default; short timing) | full | off (first config); candidates are "
+                "compiled in parallel first and the winners cached (STATEX_AUTOTUNE, STATEX_CACHE_DIR; docs/gpu.md)",
 }
 
 
@@ -294,9 +294,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _add_device_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda")
     parser.add_argument("--autotune", choices=["full", "fast", "off"],
-                        help="CUDA: Triton autotuning full | fast (short timing) | off (first config); candidates "
+                        help="CUDA: Triton autotuning fast (short timing) | full | off (first config); candidates "
                              "are compiled in parallel first and the winners cached (default STATEX_AUTOTUNE, else "
-                             "full; docs/gpu.md)")
+                             "fast; docs/gpu.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,9 +6,9 @@ one after another, inside the one process that also trains. On a fresh H200 the 
 reached step 5 after 400 s, all of it compilation (../shared/GPU_NOTES.md).
 
 Modes (``--autotune`` on ``statex train``, ``eval`` and ``generate``; ``STATEX_AUTOTUNE`` mirrors it):
+  fast  (default) every candidate compiled (in parallel, beforehand) and timed 5 + 25 ms: the choice may differ
+        from full's only where candidates are within timing noise of each other
   full  Triton's own autotuning: every candidate compiled (here in parallel, beforehand) and timed 25 + 100 ms
-  fast  every candidate compiled (in parallel, beforehand) and timed 5 + 25 ms: the choice may differ only where
-        candidates are within timing noise of each other
   off   no autotuning: each kernel runs the first candidate that survives its own pruning, one compile each
 
 No mode changes what a kernel computes: every candidate computes the same function (configs differ in block
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 MODES = ("full", "fast", "off")
+DEFAULT_MODE = "fast"  # its steady speed matched full's on the H200 (docs/gpu.md), for a quarter of the timing
 FAST_TIMING_MS = (5, 25)  # warmup, rep per candidate in mode fast (Triton's defaults: 25, 100)
 _applied: dict[str, Any] = {}  # what configure() has patched in this process
 
@@ -47,7 +48,7 @@ def triton_cache_dir() -> Path:
 
 
 def resolve_mode(mode: str | None) -> str:
-    mode = mode or os.environ.get("STATEX_AUTOTUNE") or "full"
+    mode = mode or os.environ.get("STATEX_AUTOTUNE") or DEFAULT_MODE
     if mode not in MODES:
         raise ValueError(f"autotune mode {mode!r} is not one of {', '.join(MODES)}")
     return mode

@@ -21,9 +21,11 @@ prewarm's worker logs stay in ``statex-prewarm/logs/``.
 """
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -36,6 +38,7 @@ from statex.ops import autotune
 
 DEFAULT_LIMIT_S = 300.0
 REPORT_EVERY_S = 10.0
+OOM_RETRIES = 30  # per worker, each after a pause that grows
 
 
 @dataclass
@@ -57,11 +60,15 @@ class Workload:
 
 
 def _software_versions() -> dict[str, str]:
+    """What the compiled kernels depend on, read from the installed packages' metadata (importing fla to ask
+    costs seconds) and from torch for the GPU's name (CUDA is initialised by then)."""
+    from importlib import metadata
+
     versions = {"python": sys.version.split()[0]}
-    for name in ("torch", "triton", "fla"):
+    for name in ("torch", "triton", "fla-core"):
         try:
-            versions[name] = getattr(__import__(name), "__version__", "?")
-        except ImportError:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
             versions[name] = "-"
     try:
         import torch
@@ -179,7 +186,8 @@ class Prewarm:
         spec.write_text(json.dumps(asdict(work)))
         command = worker_command or [sys.executable, "-m", "statex.ops.prewarm"]
         env = {**os.environ, "TRITON_CACHE_DIR": str(self.cache), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
-               "FLA_CACHE_RESULTS": "0"}  # a worker times nothing: it must store no autotuning result
+               "FLA_CACHE_RESULTS": "0",  # a worker times nothing: it must store no autotuning result
+               "PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")}
         if progress:
             print(f"[autotune] compiling the Triton kernels of this run in {workers} processes (once per shape; "
                   f"cache {self.cache})", flush=True)
@@ -260,6 +268,25 @@ def prepare(work: Workload, mode: str | None = None, progress: bool = True, **st
     return autotune.resolve_mode(mode)
 
 
+def _attempt_workload(work: Workload, last: bool) -> bool:
+    """Run ``work``; False (its memory freed) when the GPU ran out of memory and this is not the ``last`` try.
+
+    W workers at the run's batch can outgrow the GPU together (GLA-1.3B at 16K tokens: 4 of 15 did). Freed
+    memory lets the others go on; kernels compiled so far stay cached, so a retry resumes where this one stopped,
+    and the run compiles whatever a worker that gives up leaves."""
+    import torch
+
+    try:
+        run_workload(work)
+        return True
+    except torch.OutOfMemoryError:
+        if last:
+            raise
+    gc.collect()  # the failed attempt's tensors, now that its traceback is gone
+    torch.cuda.empty_cache()
+    return False
+
+
 def _worker_main(argv: list[str]) -> None:
     import argparse
 
@@ -278,7 +305,13 @@ def _worker_main(argv: list[str]) -> None:
     backends.fla_available()
     torch.cuda.init()
     print(f"worker {args.index}/{args.count}: imports and CUDA {time.time() - started:.1f} s", flush=True)
-    run_workload(work)
+    for attempt in range(1, OOM_RETRIES + 1):
+        if _attempt_workload(work, last=attempt == OOM_RETRIES):
+            break
+        pause = 1.0 + random.random() * 2.0 * attempt
+        print(f"worker {args.index}/{args.count}: out of GPU memory beside the other workers; again in "
+              f"{pause:.1f} s (attempt {attempt + 1} of {OOM_RETRIES})", flush=True)
+        time.sleep(pause)
     print(f"worker {args.index}/{args.count}: done in {time.time() - started:.1f} s", flush=True)
 
 

@@ -66,7 +66,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     fsdp: bool = False
     threads: int | None = None
-    autotune: str | None = None  # CUDA: Triton autotuning full | fast | off (default STATEX_AUTOTUNE, else full)
+    autotune: str | None = None  # CUDA: Triton autotuning fast | full | off (default STATEX_AUTOTUNE, else fast)
     stop_at_step: int | None = None  # stop after this step (with a checkpoint), to be continued with --resume
 
     def validate(self) -> "TrainConfig":
