@@ -49,6 +49,8 @@ def case_config(name: str, data: str, steps: int, out: Path, run: Path) -> Path:
     """The case's training options as a JSON config file: its YAML, the case's replacements, and this
     benchmark's bookkeeping (a short run, no checkpoint before the end, no held-out loss)."""
     sys.path.insert(0, str(ROOT / "src"))
+    from statex import load_tokenizer
+    from statex.data.synthetic import MQARSpec
     from statex.train import read_config_file
 
     path, replace, _ = CASES[name]
@@ -58,6 +60,13 @@ def case_config(name: str, data: str, steps: int, out: Path, run: Path) -> Path:
         options.pop("model", None)
     options.update(data=data, tokenizer="bytes", cache_dir=str(out / "token-cache"), out=str(run), steps=steps,
                    log_every=5, save_every=10 * steps, heldout_sequences=0, progress=True)
+    # The byte tokenizer gives MQAR 127 distinct keys; the recipe's 16K tokenizer allows its 256 pairs. The
+    # pair count changes which positions are labelled, not the work of a step.
+    keys = MQARSpec.for_tokenizer(load_tokenizer("bytes")).num_keys
+    for source in options.get("synthetic") or []:
+        if isinstance(source, dict) and source.get("kind") == "mqar" and "num_pairs" in source:
+            low, high = source["num_pairs"]
+            source["num_pairs"] = [min(low, keys), min(high, keys)]
     config = out / f"{run.name}.json"
     config.write_text(json.dumps(options, indent=1) + "\n")
     return config

@@ -2,12 +2,14 @@
 
 The fixtures are config-only directories (the 1.3B configs, no weights): a command that touched the weights
 first would fail with "no weights found" instead of naming the bad argument."""
+import json
 from pathlib import Path
 
 import pytest
 
 import statex
 from statex.cli import main
+from statex.data.dataset import parse_synthetic
 from conftest import tiny_gla_config
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -139,3 +141,22 @@ def test_device_and_autotune_flags(capsys, monkeypatch):
     _error(capsys, ["eval", GLA, "--tasks", "mqar", "--autotune", "sometimes"], "invalid choice")
     _error(capsys, ["train", "--model", GLA, "--synthetic", "mqar:1", "--autotune", "sometimes"],
            "--autotune must be one of full, fast, off")
+
+
+def test_mqar_pairs_beyond_the_tokenizers_keys_are_refused_first(tmp_path, capsys):
+    # the byte tokenizer gives MQAR 127 keys (the lower half of its regular ids): 256 pairs cannot be built
+    config = tmp_path / "lpt.json"
+    config.write_text(json.dumps({"model": str(GLA), "tokenizer": "bytes", "out": str(tmp_path / "run"), "steps": 1,
+                                  "seq_len": 4096, "synthetic": [{"kind": "mqar", "weight": 1, "num_pairs": [16, 256]}]}))
+    _error(capsys, ["train", "--config", config], "up to 256 pairs need 256 distinct keys")
+    assert not (tmp_path / "run").exists()
+    _error(capsys, ["eval", GLA, "--tasks", "mqar", "--pairs", "64,256", "--lengths", "2k", "--tokenizer", "bytes",
+                    "--out", tmp_path / "out"], "--pairs 256: MQAR needs 256 distinct keys")
+    assert not (tmp_path / "out").exists()
+    # pairs that fit no length of the grid are skipped by the task, so they are no error here
+    statex.eval.check_tokenizer(["mqar"], statex.load_tokenizer("bytes"), pairs=[64, 256], lengths=[512])
+
+
+def test_synthetic_pair_ranges_are_checked():
+    with pytest.raises(statex.StatexError, match="must be 1 <= low <= high"):
+        parse_synthetic([{"kind": "mqar", "num_pairs": [64, 16]}])

@@ -244,7 +244,7 @@ def _int_list(text: str | None, parse=int):
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from statex.eval import check_request, evaluate, markdown_table, model_names, write_report
+    from statex.eval import check_request, check_tokenizer, evaluate, markdown_table, model_names, write_report
     from statex.eval.common import parse_length
 
     out = Path(args.out)
@@ -265,6 +265,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise statex.StatexError(f"--lm-eval-include {args.lm_eval_include}: no such directory")
     device = _device(args.device)
     tokenizer = _resolve_tokenizer(args.tokenizer, args.models[0])
+    check_tokenizer(tasks, tokenizer, **options)
     names = model_names(args.models)
     configs = [statex.load_config(path)[0] for path in args.models]
     for name, config in zip(names, configs):

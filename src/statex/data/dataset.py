@@ -123,10 +123,26 @@ def parse_synthetic(spec: str | list | None) -> list[SyntheticSource]:
         if "num_pairs" in extra:
             low, high = extra.pop("num_pairs")
             source.num_pairs = (int(low), int(high))
+            if not 1 <= source.num_pairs[0] <= source.num_pairs[1]:
+                raise StatexError(f"synthetic source {kind}: num_pairs [{low}, {high}] must be 1 <= low <= high")
         if extra:
             raise StatexError(f"synthetic source {kind}: unknown field(s) {', '.join(sorted(extra))}")
         sources.append(source)
     return sources
+
+
+def check_synthetic(sources: list[SyntheticSource], tokenizer, seq_len: int) -> None:
+    """Errors of a synthetic mixture that only the tokenizer reveals, raised before any training: an MQAR
+    source's largest pair count (as many as fit ``seq_len``) needs that many distinct keys."""
+    for source in sources:
+        if source.kind != "mqar":
+            continue
+        spec = source.mqar or MQARSpec.for_tokenizer(tokenizer)
+        pairs = min(source.num_pairs[1], seq_len // 4)
+        if pairs > spec.num_keys:
+            raise StatexError(f"synthetic mqar: up to {pairs} pairs need {pairs} distinct keys, but this tokenizer "
+                              f"({tokenizer.vocab_size} tokens) gives {spec.num_keys} (the lower half of the "
+                              "vocabulary); lower num_pairs or use a larger tokenizer")
 
 
 def load_packed(cache_path, seq_len: int, heldout_sequences: int) -> PackedData:
@@ -134,4 +150,5 @@ def load_packed(cache_path, seq_len: int, heldout_sequences: int) -> PackedData:
     return PackedData(tokens, seq_len, heldout_sequences, meta)
 
 
-__all__ = ["IGNORE", "PackedData", "SyntheticSource", "TrainStream", "load_packed", "parse_synthetic"]
+__all__ = ["IGNORE", "PackedData", "SyntheticSource", "TrainStream", "check_synthetic", "load_packed",
+           "parse_synthetic"]

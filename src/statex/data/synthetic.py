@@ -34,6 +34,11 @@ class MQARSpec:
     value_high: int
     power_a: float = 0.01
 
+    @property
+    def num_keys(self) -> int:
+        """The most pairs one sequence can hold: keys are distinct."""
+        return self.key_high - self.key_low
+
     @classmethod
     def for_vocab(cls, vocab_size: int, power_a: float = 0.01) -> "MQARSpec":
         """zoology's split: keys from [1, V/2), values from [V/2, V)."""
@@ -53,7 +58,7 @@ class MQARSpec:
 def mqar_sequence(generator: torch.Generator, seq_len: int, num_pairs: int, spec: MQARSpec):
     """(input_ids [seq_len], labels [seq_len]): "k1 v1 ... kD vD", then filler with the D keys queried once
     each in random order, each query followed by its value (the only labelled positions)."""
-    if spec.key_high - spec.key_low < num_pairs:
+    if spec.num_keys < num_pairs:
         raise ValueError(f"{num_pairs} pairs need at least {num_pairs} distinct keys")
     if seq_len < 4 * num_pairs:
         raise ValueError(f"seq_len {seq_len} is too short for {num_pairs} pairs (needs >= {4 * num_pairs})")

@@ -2,8 +2,8 @@
 results.json, a markdown table and plots. ``lm_eval_adapter`` connects lm-evaluation-harness (optional)."""
 from statex.eval.common import Record, contains_any, fraction_contained
 from statex.eval.report import markdown_table, write_report
-from statex.eval.runner import check_request, evaluate, model_names
+from statex.eval.runner import check_request, check_tokenizer, evaluate, model_names
 from statex.eval.tasks import TASKS
 
-__all__ = ["Record", "TASKS", "check_request", "contains_any", "evaluate", "fraction_contained", "markdown_table", "model_names",
-           "write_report"]
+__all__ = ["Record", "TASKS", "check_request", "check_tokenizer", "contains_any", "evaluate", "fraction_contained",
+           "markdown_table", "model_names", "write_report"]

@@ -65,12 +65,29 @@ def check_request(tasks: list[str], n: int = 20, batch_size: int = 8, prefill_ch
                 raise StatexError(f"{flag} {path}: no such file")
 
 
+def check_tokenizer(tasks: list[str], tokenizer, **options: Any) -> None:
+    """The errors of an evaluation request that only the tokenizer reveals: MQAR's largest pair count (among
+    those that fit a length of the grid) needs that many distinct keys."""
+    if "mqar" not in tasks:
+        return
+    from statex.eval.tasks import mqar
+
+    lengths = options.get("mqar_lengths") or options.get("lengths") or mqar.DEFAULT_LENGTHS
+    fitting = [p for p in options.get("pairs") or mqar.DEFAULT_PAIRS if 4 * p <= max(lengths)]
+    keys = mqar.spec_for(tokenizer).num_keys
+    if fitting and max(fitting) > keys:
+        raise StatexError(f"--pairs {max(fitting)}: MQAR needs {max(fitting)} distinct keys, but this tokenizer "
+                          f"({tokenizer.vocab_size} tokens) gives {keys} (the lower half of the vocabulary); use "
+                          "fewer pairs or a larger tokenizer")
+
+
 def evaluate(models: dict[str, Any], tasks: list[str], tokenizer, seed: int = 0, n: int = 20, batch_size: int = 8,
              prefill_chunk: int = 2048, progress: bool = True, **options: Any) -> list[Record]:
     """``models``: name -> model (anything with ``__call__``/``generate`` like ``CausalLM``).
     ``options``: lengths, depths, pairs, mqar_lengths, niah_variants, niah_keys, haystack, recall_files,
     qa_max_tokens, ppl_file, icl_file, shots."""
     check_request(tasks, n=n, batch_size=batch_size, prefill_chunk=prefill_chunk, **options)
+    check_tokenizer(tasks, tokenizer, **options)
     records: list[Record] = []
     for name, model in models.items():
         vocab = getattr(getattr(model, "config", None), "vocab_size", None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from statex.data.corpus import corpus_files
-from statex.data.dataset import parse_synthetic
+from statex.data.dataset import check_synthetic, parse_synthetic
 from statex.errors import StatexError
 from statex.train.config import TrainConfig
 
@@ -27,5 +27,5 @@ def check_request(config: TrainConfig, tokenizer, existing: list[Path]):
                           f"{model_config.vocab_size}: wrong tokenizer for this model")
     if config.data is not None:
         corpus_files(config.data)
-    parse_synthetic(config.synthetic)
+    check_synthetic(parse_synthetic(config.synthetic), tokenizer, config.seq_len)
     return model_config
