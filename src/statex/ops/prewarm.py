@@ -205,6 +205,7 @@ class Prewarm:
                       f"{_entries(self.cache) - self.before} new cache entries, {elapsed:.0f} s", flush=True)
 
         try:
+            _import_kernels()
             codes = self.processes.wait(limit_s, report)
         finally:
             self._tmp.cleanup()
@@ -229,6 +230,14 @@ class Prewarm:
             print(f"[autotune] prewarm done in {summary['seconds']:.0f} s ({self.workers} workers, "
                   f"{summary['new_cache_entries']} new cache entries)", flush=True)
         return summary
+
+
+def _import_kernels() -> None:
+    """Import fla in this process while the workers compile: the run needs it next, and importing its ops takes
+    about 11 s (H200 machine, 2026-12-02), which would otherwise come after the prewarm."""
+    from statex.ops import backends
+
+    backends.fla_available()
 
 
 def start(work: Workload, workers: int | None = None, progress: bool = True,
