@@ -214,3 +214,11 @@ def test_a_worker_out_of_gpu_memory_tries_again(monkeypatch):
     calls.clear()
     with pytest.raises(torch.OutOfMemoryError):
         prewarm._attempt_workload("w", last=True)
+
+
+def test_forward_workloads_cover_lengths_divisible_by_16_and_the_others():
+    model = _work().model
+    aligned, ragged = prewarm.forward_workloads(model, 8, 2050, decode=True)
+    assert (aligned.seq_len, ragged.seq_len) == (2048, 2047) and aligned.seq_len % 16 == 0 != ragged.seq_len % 16
+    assert aligned.forward and ragged.forward and aligned.decode_batch == 8 and ragged.decode_batch == 0
+    assert prewarm.forward_workloads(model, 1, 5, decode=False)[0].seq_len == 32  # never shorter than a chunk

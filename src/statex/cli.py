@@ -104,11 +104,10 @@ def _prepare_kernels(autotune: str | None, device, configs, batch: int, seq_len:
         return
     seen = set()
     for config in configs:
-        work = prewarm.Workload(config.to_dict(), batch, seq_len, forward=True, decode_batch=batch if decode else 0,
-                                precision="fp32")
-        if work.key() not in seen:
-            seen.add(work.key())
-            prewarm.prepare(work, autotune)
+        for work in prewarm.forward_workloads(config.to_dict(), batch, seq_len, decode):
+            if work.key() not in seen:
+                seen.add(work.key())
+                prewarm.prepare(work, autotune)
 
 
 def _check_vocab(tokenizer, config, name: str) -> None:

@@ -34,6 +34,8 @@ from typing import Any
 from statex.errors import StatexError
 
 GPU_FAMILIES = ("gla", "mamba2")
+EVAL_BATCH = 8  # every evaluation task (one prewarm covers them)
+PREFILL_CHUNK = 2048  # prompts are read in chunks of this many tokens
 INHERITING_MODE = {"gla": "inherit", "mamba2": "preserve"}
 
 
@@ -219,20 +221,25 @@ def evaluate_stage(settings: GPUPreset, stage: _Stage, paths, out: Path, device:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = statex.load_model(stage.final, device=device)
+    if device == "cuda":  # every task at one batch size, so that one prewarm covers them all
+        from statex.ops import prewarm
+
+        for work in prewarm.forward_workloads(model.config.to_dict(), EVAL_BATCH, PREFILL_CHUNK, decode=True):
+            prewarm.prepare(work)
     tokenizer = statex.load_tokenizer(out / "tokenizer.json")
     info = statex.describe_model(model)
     name = f"{stage.family}-{stage.variant}"
-    common = dict(seed=1234, n=settings.eval_n, progress=False, lengths=list(settings.eval_lengths))
+    common = dict(seed=1234, n=settings.eval_n, progress=False, batch_size=EVAL_BATCH, prefill_chunk=PREFILL_CHUNK)
+    lengths = list(settings.eval_lengths)
     records = []
-    records += evaluate({name: model}, ["passkey"], tokenizer, batch_size=8, depths=list(settings.eval_depths),
+    records += evaluate({name: model}, ["passkey"], tokenizer, lengths=lengths, depths=list(settings.eval_depths),
                         **common)
-    records += evaluate({name: model}, ["niah"], tokenizer, batch_size=8, depths=list(settings.eval_depths),
+    records += evaluate({name: model}, ["niah"], tokenizer, lengths=lengths, depths=list(settings.eval_depths),
                         niah_variants=[1, 2], haystack=str(paths["haystack"]), **common)
-    records += evaluate({name: model}, ["mqar"], tokenizer, batch_size=16, pairs=list(settings.eval_pairs),
-                        mqar_lengths=list(settings.eval_lengths), **{k: v for k, v in common.items()
-                                                                    if k != "lengths"})
-    records += evaluate({name: model}, ["ppl"], tokenizer, batch_size=4, ppl_file=str(paths["heldout"]),
-                        **{**common, "lengths": [settings.heldout_length]})
+    records += evaluate({name: model}, ["mqar"], tokenizer, pairs=list(settings.eval_pairs), mqar_lengths=lengths,
+                        **common)
+    records += evaluate({name: model}, ["ppl"], tokenizer, ppl_file=str(paths["heldout"]),
+                        lengths=[settings.heldout_length], **common)
     rows = [{"family": stage.family, "variant": stage.variant, "seed": settings.seed, "model": name,
              "task": r.task, "setting": r.setting, "metric": r.metric, "value": float(r.value), "n": int(r.n),
              "params": dict(r.params)} for r in records]

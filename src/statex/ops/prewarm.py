@@ -125,6 +125,16 @@ def run_workload(work: Workload) -> None:
     torch.cuda.synchronize()
 
 
+def forward_workloads(model: dict[str, Any], batch: int, seq_len: int, decode: bool,
+                      precision: str = "fp32") -> list[Workload]:
+    """The workloads of evaluation or generation, whose prompts come in any length: Triton compiles separate
+    variants for integer arguments (row counts, lengths) divisible by 16 and for the others, so one workload at
+    a length divisible by 16 (with the decoding step) and one at a length that is not."""
+    aligned = max(32, seq_len - seq_len % 16)
+    return [Workload(model, batch, aligned, forward=True, decode_batch=batch if decode else 0, precision=precision),
+            Workload(model, batch, aligned - 1, forward=True, precision=precision)]
+
+
 def _marker(work: Workload) -> Path:
     return autotune.triton_cache_dir() / "statex-prewarm" / f"{work.key()}.json"
 
