@@ -66,6 +66,7 @@ class GPUPreset:
     eval_pairs: tuple[int, ...] = (16, 32, 64, 128, 256)
     eval_n: int = 32  # examples per cell
     heldout_length: int = 4096  # held-out perplexity: windows of this many tokens
+    heldout_windows: int = 64  # ... the first this many of the held-out text (262K tokens)
     capacity_threshold: float = 0.9  # MQAR cells where the base scores below this are "past its capacity"
     loss_tolerance: float = 0.05  # StateX's held-out loss may exceed LPT's by at most this fraction
     seed: int = 0
@@ -98,7 +99,7 @@ def _preset(name: str) -> GPUPreset:
                                                     (256, 2, 1e-3)),
                          {"gla": "1", "mamba2": "1"}, pre_pairs=(2, 8), post_pairs=(4, 16),
                          eval_lengths=(64, 128, 256, 512), eval_depths=(0.0, 1.0), eval_pairs=(8, 32), eval_n=2,
-                         heldout_length=512)
+                         heldout_length=512, heldout_windows=4)
     raise StatexError(f"unknown --budget {name!r} (choose from lease, call, tiny)")
 
 
@@ -185,6 +186,17 @@ def _tokens_per_s(run: Path) -> float | None:
     return round(statistics.median(steady)) if steady else None  # the first steps include compilation
 
 
+def _release_gpu() -> None:
+    """Stages share one process: what a finished stage held on the GPU goes before the next one starts."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def run_training(settings: GPUPreset, stage: _Stage, paths, out: Path, device: str, log) -> dict[str, Any]:
     """One stage's training (skipped when its final model exists; continued from a checkpoint otherwise)."""
     import statex
@@ -203,6 +215,7 @@ def run_training(settings: GPUPreset, stage: _Stage, paths, out: Path, device: s
     started = time.time()
     summary = statex.train(resolve_config({}, _train_options(settings, stage, budget, pairs, paths, out, device,
                                                              resume)))
+    _release_gpu()
     if summary.get("stopped"):
         raise StatexError(f"{stage.family}/{stage.variant} stopped at step {summary['steps']} with a checkpoint; "
                           "continue with --resume")
@@ -239,10 +252,12 @@ def evaluate_stage(settings: GPUPreset, stage: _Stage, paths, out: Path, device:
     records += evaluate({name: model}, ["mqar"], tokenizer, pairs=list(settings.eval_pairs), mqar_lengths=lengths,
                         **common)
     records += evaluate({name: model}, ["ppl"], tokenizer, ppl_file=str(paths["heldout"]),
-                        lengths=[settings.heldout_length], **common)
+                        lengths=[settings.heldout_length], **{**common, "n": settings.heldout_windows})
     rows = [{"family": stage.family, "variant": stage.variant, "seed": settings.seed, "model": name,
              "task": r.task, "setting": r.setting, "metric": r.metric, "value": float(r.value), "n": int(r.n),
              "params": dict(r.params)} for r in records]
+    del model
+    _release_gpu()
     for task, value in (("state", info["total_state_elements"]), ("params", info["total_params"])):
         rows.append({"family": stage.family, "variant": stage.variant, "seed": settings.seed, "model": name,
                      "task": task, "setting": "total", "metric": "count", "value": float(value), "n": 1,
