@@ -222,3 +222,26 @@ def test_forward_workloads_cover_lengths_divisible_by_16_and_the_others():
     assert (aligned.seq_len, ragged.seq_len) == (2048, 2047) and aligned.seq_len % 16 == 0 != ragged.seq_len % 16
     assert aligned.forward and ragged.forward and aligned.decode_batch == 8 and ragged.decode_batch == 0
     assert prewarm.forward_workloads(model, 1, 5, decode=False)[0].seq_len == 32  # never shorter than a chunk
+
+
+def test_one_prewarm_for_several_workloads(cache):
+    seen = cache.parent / "seen"
+    worker = ("import json, sys; spec = sys.argv[sys.argv.index('--spec') + 1]; "
+              f"open({str(seen)!r}, 'a').write(str(len(json.load(open(spec)))) + '\\n')")
+    command = [sys.executable, "-c", worker]
+    first, second = _work(), prewarm.Workload(_work().model, batch=4, seq_len=64, train=True)
+    summary = prewarm.prewarm([first, second, first], workers=2, progress=False, worker_command=command)
+    assert summary["failed"] == 0 and seen.read_text().split() == ["2", "2"]  # each worker got both, once each
+    third = prewarm.Workload(_work().model, batch=8, seq_len=64, train=True)
+    handle = prewarm.start([first, second, third], workers=1, progress=False, worker_command=command)
+    assert [w.batch for w in handle.works] == [8]  # only the one not prewarmed yet
+    handle.wait()
+    assert prewarm.start([first, third], progress=False, worker_command=command) is None
+
+
+def test_the_workload_key_ignores_what_does_not_shape_kernels():
+    work = _work()
+    renamed = {**work.model, "history": [{"op": "statex-expand", "mode": "inherit"}], "initializer_range": 0.5}
+    assert prewarm.Workload(renamed, work.batch, work.seq_len, train=True).key() == work.key()
+    wider = {**work.model, "d_model": work.model["d_model"] * 2}
+    assert prewarm.Workload(wider, work.batch, work.seq_len, train=True).key() != work.key()

@@ -108,3 +108,23 @@ def test_a_stopped_stage_continues_from_its_checkpoint(tmp_path, corpus, capsys,
              .splitlines() if '"loss"' in line]
     assert steps == list(range(1, preset("tiny").pretrain["mamba2"].steps + 1))  # step 1 once, then the rest
     assert json.loads((tmp_path / "o/results.json").read_text())
+
+
+def test_one_prewarm_covers_the_workloads_every_stage_asks_for(tmp_path, corpus):
+    """The keys of gpu.workloads() equal those the trainer and the evaluation compute from the stages' real
+    configs (history and all), so on CUDA no stage starts a prewarm of its own."""
+    from statex.demo import gpu
+    from statex.ops import prewarm
+
+    settings = preset("tiny")
+    assert main(["demo", "--preset", "gpu", "--budget", "tiny", "--data", str(corpus), "--out", str(tmp_path / "o"),
+                 "--families", "gla", "--device", "cpu", "--no-progress"]) == 0
+    planned = {w.key() for w in gpu.workloads(settings, ["gla"])}
+    pre, post = settings.pretrain["gla"], settings.post["gla"]
+    for variant in ("base", "lpt", "statex-reinit", "statex-inherit"):
+        config = statex.load_config(tmp_path / "o" / "gla" / variant / "run" / "final")[0].to_dict()
+        budget = pre if variant == "base" else post
+        trainer = prewarm.Workload(config, budget.batch, budget.seq_len, train=True, forward=True, precision="bf16")
+        assert trainer.key() in planned, variant
+        for work in prewarm.forward_workloads(config, gpu.EVAL_BATCH, gpu.PREFILL_CHUNK, decode=True):
+            assert work.key() in planned, variant

@@ -168,13 +168,37 @@ def _train_options(settings: GPUPreset, stage: _Stage, budget: StageBudget, pair
     return options
 
 
-def _write_init(settings: GPUPreset, stage: _Stage) -> None:
+def _model_config(settings: GPUPreset, family: str):
     import statex
 
-    make = statex.gla_config if stage.family == "gla" else statex.mamba2_config
-    config = make(settings.vocab_size, **settings.models[stage.family])
+    make = statex.gla_config if family == "gla" else statex.mamba2_config
+    return make(settings.vocab_size, **settings.models[family])
+
+
+def _write_init(settings: GPUPreset, stage: _Stage) -> None:
     stage.directory.mkdir(parents=True, exist_ok=True)
-    (stage.directory / "model.json").write_text(json.dumps(config.to_dict(), indent=1) + "\n")
+    (stage.directory / "model.json").write_text(json.dumps(_model_config(settings, stage.family).to_dict(),
+                                                           indent=1) + "\n")
+
+
+def workloads(settings: GPUPreset, families: list[str]):
+    """Every GPU workload of the preset's stages, as the trainer and the evaluation will ask for them: compiled
+    in one prewarm at the start (one start-up of the workers for all), so that no stage waits for its own."""
+    from statex import plan_expansion
+    from statex.ops import prewarm
+
+    works = []
+    for family in families:
+        base = _model_config(settings, family).to_dict()
+        expanded = plan_expansion(_model_config(settings, family), settings.expand_layers[family], "reinit",
+                                  heads=settings.heads, factor=settings.factor)[1].to_dict()  # both modes' shapes
+        pre, post = settings.pretrain[family], settings.post[family]
+        works.append(prewarm.Workload(base, pre.batch, pre.seq_len, train=True, forward=True, precision="bf16"))
+        for model in (base, expanded):  # LPT trains the base's shapes, StateX the expanded ones
+            works.append(prewarm.Workload(model, post.batch, post.seq_len, train=True, forward=True,
+                                          precision="bf16"))
+            works += prewarm.forward_workloads(model, EVAL_BATCH, PREFILL_CHUNK, decode=True)
+    return works
 
 
 def _tokens_per_s(run: Path) -> float | None:
@@ -184,6 +208,12 @@ def _tokens_per_s(run: Path) -> float | None:
     rows = [r for r in map(json.loads, path.read_text().splitlines()) if "tokens_per_s" in r]
     steady = [r["tokens_per_s"] for r in rows if r.get("step", 0) > 5] or [r["tokens_per_s"] for r in rows[1:]]
     return round(statistics.median(steady)) if steady else None  # the first steps include compilation
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _release_gpu() -> None:
@@ -300,6 +330,11 @@ def run_gpu_demo(out: str | Path, data: str | Path | None, budget: str = "lease"
     if not (out / "tokenizer.json").is_file():
         log(f"tokenizer: byte-level BPE of {settings.vocab_size} tokens on {paths['train']}")
         train_bpe_tokenizer([paths["train"]], settings.vocab_size, out / "tokenizer.json", show_progress=progress)
+    if device == "cuda" or (device == "auto" and _cuda_available()):
+        from statex.ops import prewarm
+
+        log("compiling the GPU kernels of every stage")
+        prewarm.prepare(workloads(settings, families), progress=progress)
     timings_path = out / "stages.json"
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
     records, summary = [], {}

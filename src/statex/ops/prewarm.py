@@ -15,7 +15,7 @@ workload (``<triton cache>/statex-prewarm/<key>.json``, the key covering the wor
 Python, torch, Triton, fla and the GPU's name) records a completed prewarm, so it is not repeated; the last
 prewarm's worker logs stay in ``statex-prewarm/logs/``.
 
-    prewarm = start(work)            # None: this workload was prewarmed before (or mode off)
+    prewarm = start(work)            # None: this workload was prewarmed before; start([w1, w2]) for several
     ...                              # data, model, optimizer
     prewarm and prewarm.wait()
 """
@@ -39,6 +39,7 @@ from statex.ops import autotune
 DEFAULT_LIMIT_S = 300.0
 REPORT_EVERY_S = 10.0
 OOM_RETRIES = 30  # per worker, each after a pause that grows
+_NOT_SHAPES = ("history", "initializer_range", "bos_token_id", "eos_token_id", "pad_token_id")
 
 
 @dataclass
@@ -55,7 +56,10 @@ class Workload:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def key(self) -> str:
-        text = json.dumps({"workload": asdict(self), "versions": _software_versions()}, sort_keys=True)
+        """What the compiled kernels depend on: the distinct layer shapes, not the config's history or ids."""
+        shapes = {k: v for k, v in distinct_layers(self.model).items() if k not in _NOT_SHAPES}
+        text = json.dumps({"workload": {**asdict(self), "model": shapes}, "versions": _software_versions()},
+                          sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
@@ -186,21 +190,21 @@ def run_worker_processes(commands: list[list[str]], log_dir: Path, env: dict[str
 class Prewarm:
     """The workers of one workload's prewarm, running in the background (``start`` makes one)."""
 
-    def __init__(self, work: Workload, workers: int, progress: bool, worker_command: list[str] | None):
-        self.work, self.workers, self.progress = work, workers, progress
+    def __init__(self, works: list[Workload], workers: int, progress: bool, worker_command: list[str] | None):
+        self.works, self.workers, self.progress = works, workers, progress
         self.cache = autotune.triton_cache_dir()
         self.cache.mkdir(parents=True, exist_ok=True)
         self.before, self.logs = _entries(self.cache), self.cache / "statex-prewarm" / "logs"
         self._tmp = tempfile.TemporaryDirectory(prefix="statex-prewarm-")  # the spec, read by every worker
         spec = Path(self._tmp.name) / "workload.json"
-        spec.write_text(json.dumps(asdict(work)))
+        spec.write_text(json.dumps([asdict(work) for work in works]))
         command = worker_command or [sys.executable, "-m", "statex.ops.prewarm"]
         env = {**os.environ, "TRITON_CACHE_DIR": str(self.cache), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
                "FLA_CACHE_RESULTS": "0",  # a worker times nothing: it must store no autotuning result
                "PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")}
         if progress:
-            print(f"[autotune] compiling the Triton kernels of this run in {workers} processes (once per shape; "
-                  f"cache {self.cache})", flush=True)
+            print(f"[autotune] compiling the Triton kernels of {len(works)} workload(s) in {workers} processes "
+                  f"(once per shape; cache {self.cache})", flush=True)
         self.processes = WorkerProcesses(
             [[*command, "--index", str(i), "--count", str(workers), "--spec", str(spec)] for i in range(workers)],
             self.logs, env)
@@ -233,9 +237,10 @@ class Prewarm:
             print(f"[autotune] {len(stopped)} worker(s) still compiling at the {limit_s:.0f} s limit were stopped; "
                   f"the run compiles what they left (logs in {self.logs})", flush=True)
         if not stopped and not failed:
-            marker = _marker(self.work)
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.write_text(json.dumps({**summary, "workload": asdict(self.work)}) + "\n")
+            for work in self.works:
+                marker = _marker(work)
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.write_text(json.dumps({**summary, "workload": asdict(work)}) + "\n")
         if self.progress or failed or stopped:
             print(f"[autotune] prewarm done in {summary['seconds']:.0f} s ({self.workers} workers, "
                   f"{summary['new_cache_entries']} new cache entries)", flush=True)
@@ -250,17 +255,20 @@ def _import_kernels() -> None:
     backends.fla_available()
 
 
-def start(work: Workload, workers: int | None = None, progress: bool = True,
+def start(work: Workload | list[Workload], workers: int | None = None, progress: bool = True,
           worker_command: list[str] | None = None) -> Prewarm | None:
-    """Start compiling ``work``'s kernels in the background; None when the cache already holds this workload's
-    prewarm. ``worker_command``: the command running one worker (tests use a stand-in); it gets ``--index I
-    --count W --spec FILE`` appended."""
-    if _marker(work).is_file():
+    """Start compiling the kernels of ``work`` (one workload or several, which the workers then run one after
+    the other: one start-up for all) in the background; None when the cache already holds the prewarm of every
+    one. ``worker_command``: the command running one worker (tests use a stand-in); it gets ``--index I --count
+    W --spec FILE`` appended."""
+    works = [work] if isinstance(work, Workload) else list(work)
+    todo = list({w.key(): w for w in works if not _marker(w).is_file()}.values())
+    if not todo:
         return None
-    return Prewarm(work, workers or max(1, min(16, (os.cpu_count() or 2) - 1)), progress, worker_command)
+    return Prewarm(todo, workers or max(1, min(16, (os.cpu_count() or 2) - 1)), progress, worker_command)
 
 
-def prewarm(work: Workload, workers: int | None = None, limit_s: float = DEFAULT_LIMIT_S, progress: bool = True,
+def prewarm(work: Workload | list[Workload], workers: int | None = None, limit_s: float = DEFAULT_LIMIT_S, progress: bool = True,
             worker_command: list[str] | None = None) -> dict[str, Any]:
     """``start`` and ``wait``: compile every candidate ``work`` needs; returns the summary of ``Prewarm.wait``
     ({"skipped": True, ...} when the cache already had them)."""
@@ -270,7 +278,7 @@ def prewarm(work: Workload, workers: int | None = None, limit_s: float = DEFAULT
     return handle.wait(limit_s)
 
 
-def begin(work: Workload, mode: str | None = None, progress: bool = True, **start_options) -> Prewarm | None:
+def begin(work: Workload | list[Workload], mode: str | None = None, progress: bool = True, **start_options) -> Prewarm | None:
     """What a statex command calls on CUDA as soon as it knows ``work``: apply the autotuning ``mode``, then
     (modes full and fast) start the prewarm unless the cache already has it. Wait on the result (if not None)
     before the first kernel runs."""
@@ -279,7 +287,7 @@ def begin(work: Workload, mode: str | None = None, progress: bool = True, **star
     return start(work, progress=progress, **start_options)
 
 
-def prepare(work: Workload, mode: str | None = None, progress: bool = True, **start_options) -> str:
+def prepare(work: Workload | list[Workload], mode: str | None = None, progress: bool = True, **start_options) -> str:
     """``begin`` and wait: the kernels of ``work`` ready under ``mode``. Returns the mode applied."""
     handle = begin(work, mode, progress, **start_options)
     if handle is not None:
@@ -315,7 +323,7 @@ def _worker_main(argv: list[str]) -> None:
     parser.add_argument("--spec", required=True)
     args = parser.parse_args(argv)
     started = time.time()
-    work = Workload(**json.loads(Path(args.spec).read_text()))
+    works = [Workload(**spec) for spec in json.loads(Path(args.spec).read_text())]
     autotune.shard_compilation(args.index, args.count)
     import torch  # timed apart from the compilation, to show where a worker's time goes
 
@@ -324,13 +332,17 @@ def _worker_main(argv: list[str]) -> None:
     backends.fla_available()
     torch.cuda.init()
     print(f"worker {args.index}/{args.count}: imports and CUDA {time.time() - started:.1f} s", flush=True)
-    for attempt in range(1, OOM_RETRIES + 1):
-        if _attempt_workload(work, last=attempt == OOM_RETRIES):
-            break
-        pause = 1.0 + random.random() * 2.0 * attempt
-        print(f"worker {args.index}/{args.count}: out of GPU memory beside the other workers; again in "
-              f"{pause:.1f} s (attempt {attempt + 1} of {OOM_RETRIES})", flush=True)
-        time.sleep(pause)
+    for number, work in enumerate(works, 1):
+        for attempt in range(1, OOM_RETRIES + 1):
+            if _attempt_workload(work, last=attempt == OOM_RETRIES):
+                break
+            pause = 1.0 + random.random() * 2.0 * attempt
+            print(f"worker {args.index}/{args.count}: out of GPU memory beside the other workers; again in "
+                  f"{pause:.1f} s (attempt {attempt + 1} of {OOM_RETRIES})", flush=True)
+            time.sleep(pause)
+        torch.cuda.empty_cache()
+        print(f"worker {args.index}/{args.count}: workload {number} of {len(works)} at "
+              f"{time.time() - started:.1f} s", flush=True)
     print(f"worker {args.index}/{args.count}: done in {time.time() - started:.1f} s", flush=True)
 
 
