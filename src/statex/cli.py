@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import statex
+from statex.cli_support import add_device_flags, device_from_flag, prepare_kernels, resolve_tokenizer
 
 
 class _Parser(argparse.ArgumentParser):
@@ -86,43 +87,6 @@ def _check_output_dir(path: Path, force: bool, source: Path | None = None) -> No
         raise statex.StatexError(f"{path}: already exists (use --force to replace it)")
 
 
-def _device(name: str):
-    import torch
-
-    if name not in ("auto", "cpu", "cuda"):
-        raise statex.StatexError(f"--device must be auto, cpu or cuda, got {name!r}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise statex.StatexError("--device cuda: no CUDA device is available")
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
-
-
-def _prepare_kernels(autotune: str | None, device, configs, batch: int, seq_len: int, decode: bool) -> None:
-    """On CUDA: the Triton kernels of these models' shapes compiled in parallel first (statex.ops.prewarm)."""
-    from statex.ops import prewarm
-
-    if device.type != "cuda":
-        return
-    seen = set()
-    for config in configs:
-        for work in prewarm.forward_workloads(config.to_dict(), batch, seq_len, decode):
-            if work.key() not in seen:
-                seen.add(work.key())
-                prewarm.prepare(work, autotune)
-
-
-def _check_vocab(tokenizer, config, name: str) -> None:
-    if tokenizer.vocab_size > config.vocab_size:
-        raise statex.StatexError(f"{name}: the tokenizer has {tokenizer.vocab_size} tokens but the model's "
-                                 f"vocabulary has {config.vocab_size}: wrong tokenizer for this model")
-
-
-def _resolve_tokenizer(spec: str | None, model_path: str):
-    if spec is None:
-        bundled = Path(model_path) / "tokenizer.json"
-        spec = str(bundled) if bundled.is_file() else "bytes"
-    return statex.load_tokenizer(spec)
-
-
 def _cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
@@ -135,7 +99,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise statex.StatexError(f"--top-p must be in (0, 1], got {args.top_p}")
     config, _ = statex.load_config(args.model)
-    tokenizer = _resolve_tokenizer(args.tokenizer, args.model)
+    tokenizer = resolve_tokenizer(args.tokenizer, args.model)
     ids = tokenizer.encode(args.prompt)
     if not ids:
         raise statex.StatexError("the prompt encodes to zero tokens")
@@ -144,9 +108,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             f"tokenizer {tokenizer.name} produced id {max(ids)} but the model's vocabulary has "
             f"{config.vocab_size} entries: wrong tokenizer for this model"
         )
-    device = _device(args.device)
+    device = device_from_flag(args.device)
     model = statex.load_model(args.model, device=device)
-    _prepare_kernels(args.autotune, device, [model.config], batch=1, seq_len=len(ids), decode=True)
+    prepare_kernels(args.autotune, device, [model.config], batch=1, seq_len=len(ids), decode=True)
     stops = set(args.stop_id or [])
     if not args.no_eos_stop and tokenizer.eos_token_id is not None:
         stops.add(tokenizer.eos_token_id)
@@ -233,72 +197,6 @@ def _cmd_tokenizer_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _int_list(text: str | None, parse=int):
-    if text is None:
-        return None
-    try:
-        return [parse(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise statex.StatexError(f"cannot read the list {text!r}") from None
-
-
-def _cmd_eval(args: argparse.Namespace) -> int:
-    from statex.eval import check_request, check_tokenizer, evaluate, markdown_table, model_names, write_report
-    from statex.eval.common import parse_length
-
-    out = Path(args.out)
-    if not args.tasks and not args.lm_eval:
-        raise statex.StatexError("nothing to do: give --tasks and/or --lm-eval")
-    tasks = [t for t in (args.tasks or "").split(",") if t]
-    options = dict(
-        lengths=_int_list(args.lengths, parse_length), depths=_int_list(args.depths, float),
-        pairs=_int_list(args.pairs), mqar_lengths=_int_list(args.mqar_lengths, parse_length),
-        niah_variants=_int_list(args.niah_variants), niah_keys=args.niah_keys, haystack=args.haystack,
-        recall_files=[f for f in (args.recall_files or "").split(",") if f] or None,
-        qa_max_tokens=args.qa_max_tokens, ppl_file=args.ppl_file, icl_file=args.icl_file,
-        shots=_int_list(args.shots))
-    check_request(tasks, n=args.n, batch_size=args.batch_size, prefill_chunk=args.prefill_chunk, **options)
-    if out.exists() and not out.is_dir():
-        raise statex.StatexError(f"--out {out}: exists and is not a directory")
-    if args.lm_eval and args.lm_eval_include is not None and not Path(args.lm_eval_include).is_dir():
-        raise statex.StatexError(f"--lm-eval-include {args.lm_eval_include}: no such directory")
-    device = _device(args.device)
-    tokenizer = _resolve_tokenizer(args.tokenizer, args.models[0])
-    check_tokenizer(tasks, tokenizer, **options)
-    names = model_names(args.models)
-    configs = [statex.load_config(path)[0] for path in args.models]
-    for name, config in zip(names, configs):
-        _check_vocab(tokenizer, config, name)
-    models = {name: statex.load_model(path, device=device) for name, path in zip(names, args.models)}
-    longest = max(options["lengths"] or options["mqar_lengths"] or [2048])
-    _prepare_kernels(args.autotune, device, configs, batch=args.batch_size, seq_len=min(longest, args.prefill_chunk),
-                     decode=any(t in ("passkey", "niah", "recall", "icl") for t in tasks) or bool(args.lm_eval))
-    records = []
-    if tasks:
-        records = evaluate(models, tasks, tokenizer, seed=args.seed, n=args.n, batch_size=args.batch_size,
-                           prefill_chunk=args.prefill_chunk, **options)
-    if args.lm_eval:
-        try:
-            from statex.eval.lm_eval_adapter import run_lm_eval
-        except ImportError as exc:
-            raise statex.StatexError(str(exc)) from None
-        for name, model in models.items():
-            records += run_lm_eval(model, name, tokenizer, args.lm_eval.split(","), limit=args.lm_eval_limit,
-                                   include_path=args.lm_eval_include)
-    written = write_report(records, out, plots=not args.no_plots)
-    print(markdown_table(records))
-    print("wrote " + ", ".join(str(p) for p in written.values()))
-    return 0
-
-
-def _add_device_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda")
-    parser.add_argument("--autotune", choices=["full", "fast", "off"],
-                        help="CUDA: Triton autotuning fast (short timing) | full | off (first config); candidates "
-                             "are compiled in parallel first and the winners cached (default STATEX_AUTOTUNE, else "
-                             "fast; docs/gpu.md)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="statex", description="StateX: recurrent state expansion for GLA and Mamba2 LMs")
     parser.add_argument("--version", action="version", version=f"statex {statex.__version__}")
@@ -351,38 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--stop-id", type=int, action="append", help="token id that ends generation (repeatable)")
     p.add_argument("--no-eos-stop", action="store_true", help="do not stop at the tokenizer's end token")
-    _add_device_flags(p)
+    add_device_flags(p)
     p.set_defaults(func=_cmd_generate)
 
-    p = sub.add_parser("eval", help="evaluate models: passkey, niah, mqar, recall, ppl, icl, lm-eval tasks",
-                       description="Writes OUT/results.json, OUT/report.md (models side by side) and PNG plots.")
-    p.add_argument("models", nargs="+", metavar="MODEL", help="model directories")
-    p.add_argument("--tasks", help="comma-separated: passkey,niah,mqar,recall,ppl,icl")
-    p.add_argument("--tokenizer", help="'bytes' or a tokenizer.json (default: MODEL/tokenizer.json, else bytes)")
-    p.add_argument("--lengths", help="context lengths in tokens, e.g. 512,1k,4k (passkey, niah, mqar, ppl)")
-    p.add_argument("--depths", help="needle depths in [0, 1], e.g. 0,0.25,0.5,0.75,1")
-    p.add_argument("--pairs", help="MQAR key-value pairs, e.g. 8,16,32,64")
-    p.add_argument("--mqar-lengths", help="MQAR sequence lengths (default: --lengths, else 256,512)")
-    p.add_argument("--niah-variants", help="RULER single-needle variants: 1 (repeated noise), 2 (essay: needs "
-                                           "--haystack), 3 (UUID values); default 1")
-    p.add_argument("--niah-keys", type=int, help="needles with distinct keys (multi-key NIAH); default 1")
-    p.add_argument("--haystack", help="a local text file for NIAH variant 2")
-    p.add_argument("--recall-files", help="Based/JRT JSONL files, comma-separated (task recall)")
-    p.add_argument("--qa-max-tokens", type=int, help="truncate recall contexts around the answer to N tokens")
-    p.add_argument("--ppl-file", help="local text file for the ppl task")
-    p.add_argument("--icl-file", help="JSONL of text and label for the icl task")
-    p.add_argument("--shots", help="ICL demonstrations, e.g. 0,4,16")
-    p.add_argument("--n", type=int, default=20, help="examples per setting (default 20)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--prefill-chunk", type=int, default=2048, help="tokens per prefill piece (flat memory)")
-    p.add_argument("--lm-eval", help="lm-evaluation-harness tasks, e.g. piqa,hellaswag (needs statex[eval])")
-    p.add_argument("--lm-eval-limit", type=int, help="examples per lm-eval task")
-    p.add_argument("--lm-eval-include", help="directory of extra lm-eval task YAMLs")
-    p.add_argument("--out", default="out/eval")
-    p.add_argument("--no-plots", action="store_true")
-    _add_device_flags(p)
-    p.set_defaults(func=_cmd_eval)
+    from statex.eval.cli import add_eval_parser
+
+    add_eval_parser(sub)
 
     p = sub.add_parser("train", help="pretrain or post-train (LPT / StateX) a model",
                        description="Train with AdamW (decay on >= 2-dim parameters). A StateX run and an LPT run "

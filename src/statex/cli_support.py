@@ -1,0 +1,62 @@
+"""What several ``statex`` subcommands share: the --device and --autotune flags, the kernel prewarm before a
+CUDA run, the tokenizer a model directory implies, and list flags."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import statex
+
+
+def device_from_flag(name: str):
+    import torch
+
+    if name not in ("auto", "cpu", "cuda"):
+        raise statex.StatexError(f"--device must be auto, cpu or cuda, got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise statex.StatexError("--device cuda: no CUDA device is available")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def prepare_kernels(autotune: str | None, device, configs, batch: int, seq_len: int, decode: bool) -> None:
+    """On CUDA: the Triton kernels of these models' shapes compiled in parallel first (statex.ops.prewarm)."""
+    from statex.ops import prewarm
+
+    if device.type != "cuda":
+        return
+    seen = set()
+    for config in configs:
+        for work in prewarm.forward_workloads(config.to_dict(), batch, seq_len, decode):
+            if work.key() not in seen:
+                seen.add(work.key())
+                prewarm.prepare(work, autotune)
+
+
+def check_vocab(tokenizer, config, name: str) -> None:
+    if tokenizer.vocab_size > config.vocab_size:
+        raise statex.StatexError(f"{name}: the tokenizer has {tokenizer.vocab_size} tokens but the model's "
+                                 f"vocabulary has {config.vocab_size}: wrong tokenizer for this model")
+
+
+def resolve_tokenizer(spec: str | None, model_path: str):
+    if spec is None:
+        bundled = Path(model_path) / "tokenizer.json"
+        spec = str(bundled) if bundled.is_file() else "bytes"
+    return statex.load_tokenizer(spec)
+
+
+def int_list(text: str | None, parse=int):
+    if text is None:
+        return None
+    try:
+        return [parse(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise statex.StatexError(f"cannot read the list {text!r}") from None
+
+
+def add_device_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda")
+    parser.add_argument("--autotune", choices=["full", "fast", "off"],
+                        help="CUDA: Triton autotuning fast (short timing) | full | off (first config); candidates "
+                             "are compiled in parallel first and the winners cached (default STATEX_AUTOTUNE, else "
+                             "fast; docs/gpu.md)")
