@@ -95,7 +95,7 @@ def test_mamba2_state_dict_uses_mamba_ssm_names():
 
 def test_gla_state_dict_uses_fla_names():
     model = statex.build_model(tiny_gla_config(n_layer=1, use_short_conv=True))
-    attn = [f"q_proj.weight", "k_proj.weight", "v_proj.weight", "g_proj.weight", "o_proj.weight",
+    attn = ["q_proj.weight", "k_proj.weight", "v_proj.weight", "g_proj.weight", "o_proj.weight",
             "gk_proj.0.weight", "gk_proj.1.weight", "gk_proj.1.bias", "g_norm_swish_gate.weight",
             "q_conv1d.weight", "k_conv1d.weight", "v_conv1d.weight"]
     expected = {"model.embeddings.weight", "model.norm.weight", "lm_head.weight",

@@ -16,7 +16,7 @@ from test_data import write_corpus
 
 @pytest.fixture
 def setup(tmp_path):
-    corpus = write_corpus(tmp_path / "corpus.jsonl", n=120)
+    write_corpus(tmp_path / "corpus.jsonl", n=120)
     config = statex.gla_config(257, 32, 2, num_heads=2, use_short_conv=True)
     (tmp_path / "init").mkdir()
     (tmp_path / "init" / "config.json").write_text(json.dumps(config.to_dict()))

@@ -8,7 +8,6 @@ Public API (the CLI uses only these):
 from statex.config import GLASpec, Mamba2Spec, ModelConfig, gla_config, mamba2_config
 from statex.expand import expand, expand_config, plan_expansion, select_layers
 from statex.errors import CheckpointError, ConfigError, StatexError
-from statex import summary
 from statex.summary import (
     describe_config,
     describe_expansion,
