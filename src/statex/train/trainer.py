@@ -19,7 +19,7 @@ from statex.data import load_tokenizer
 from statex.data.cache import build_token_cache
 from statex.data.dataset import TrainStream, load_packed, parse_synthetic
 from statex.errors import StatexError
-from statex.train import distributed
+from statex.train import distributed, optim_state
 from statex.train.checkpoint import checkpoint_dirs, load_latest_checkpoint, rng_state, save_checkpoint, set_rng_state
 from statex.train.config import TrainConfig
 from statex.train.preflight import check_request
@@ -356,21 +356,10 @@ class _Run:
         return copy
 
     def _optimizer_state(self) -> dict[str, Any]:
-        if not self.config.fsdp or not self.env.enabled:
-            return self.optimizer.state_dict()
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-        return get_optimizer_state_dict(self.model, self.optimizer,
-                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return optim_state.for_checkpoint(self.model, self.optimizer, sharded=self.config.fsdp and self.env.enabled)
 
     def _load_optimizer_state(self, state: dict[str, Any]) -> None:
-        if not self.config.fsdp or not self.env.enabled:
-            self.optimizer.load_state_dict(state)
-            return
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-        set_optimizer_state_dict(self.model, self.optimizer, optim_state_dict=state,
-                                 options=StateDictOptions(full_state_dict=True))
+        optim_state.load(self.model, self.optimizer, state, sharded=self.config.fsdp and self.env.enabled)
 
     def save(self) -> None:
         model = self._unwrapped_for_save()
