@@ -36,6 +36,8 @@ from statex.errors import StatexError
 GPU_FAMILIES = ("gla", "mamba2")
 EVAL_BATCH = 8  # every evaluation task (one prewarm covers them)
 PREFILL_CHUNK = 2048  # prompts are read in chunks of this many tokens
+PREWARM_LIMIT_S_PER_WORKLOAD = 60.0  # the one prewarm of all stages stops after this x the workloads (the rest
+# is then compiled by the stages' own prewarms)
 INHERITING_MODE = {"gla": "inherit", "mamba2": "preserve"}
 
 
@@ -334,7 +336,8 @@ def run_gpu_demo(out: str | Path, data: str | Path | None, budget: str = "lease"
         from statex.ops import prewarm
 
         log("compiling the GPU kernels of every stage")
-        prewarm.prepare(workloads(settings, families), progress=progress)
+        works = workloads(settings, families)
+        prewarm.prepare(works, progress=progress, limit_s=PREWARM_LIMIT_S_PER_WORKLOAD * len(works))
     timings_path = out / "stages.json"
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
     records, summary = [], {}

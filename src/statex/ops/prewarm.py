@@ -287,11 +287,13 @@ def begin(work: Workload | list[Workload], mode: str | None = None, progress: bo
     return start(work, progress=progress, **start_options)
 
 
-def prepare(work: Workload | list[Workload], mode: str | None = None, progress: bool = True, **start_options) -> str:
-    """``begin`` and wait: the kernels of ``work`` ready under ``mode``. Returns the mode applied."""
+def prepare(work: Workload | list[Workload], mode: str | None = None, progress: bool = True,
+            limit_s: float = DEFAULT_LIMIT_S, **start_options) -> str:
+    """``begin`` and wait (at most ``limit_s``): the kernels of ``work`` ready under ``mode``. Returns the mode
+    applied."""
     handle = begin(work, mode, progress, **start_options)
     if handle is not None:
-        handle.wait()
+        handle.wait(limit_s)
     return autotune.resolve_mode(mode)
 
 
