@@ -1,5 +1,6 @@
 """The autotuning plumbing (statex/ops/autotune.py, statex/ops/prewarm.py) on CPU, with a stand-in for Triton's Autotuner: what each
 mode patches, the compile sharding of prewarm workers, the parallel prewarm driver and its cache marker."""
+import dataclasses
 import sys
 import time
 import types
@@ -245,3 +246,20 @@ def test_the_workload_key_ignores_what_does_not_shape_kernels():
     assert prewarm.Workload(renamed, work.batch, work.seq_len, train=True).key() == work.key()
     wider = {**work.model, "d_model": work.model["d_model"] * 2}
     assert prewarm.Workload(wider, work.batch, work.seq_len, train=True).key() != work.key()
+
+
+def test_the_worker_runs_every_workload_of_its_spec(tmp_path, monkeypatch, capsys):
+    import json as json_module
+
+    import torch
+
+    works = [_work(), prewarm.Workload(_work().model, batch=4, seq_len=32, train=True)]
+    spec = tmp_path / "spec.json"
+    spec.write_text(json_module.dumps([dataclasses.asdict(w) for w in works]))
+    ran, sharded = [], []
+    monkeypatch.setattr(autotune, "shard_compilation", lambda index, count: sharded.append((index, count)))
+    monkeypatch.setattr(torch.cuda, "init", lambda: None)
+    monkeypatch.setattr(prewarm, "run_workload", lambda work: ran.append(work))
+    prewarm._worker_main(["--index", "1", "--count", "3", "--spec", str(spec)])
+    assert sharded == [(1, 3)] and ran == works
+    assert "workload 2 of 2" in capsys.readouterr().out
