@@ -1,5 +1,6 @@
 """Checkpoint formats: round trips, the HF transformers Mamba2 reference, fla / mamba_ssm names, strict errors."""
 import json
+import os
 
 import pytest
 import torch
@@ -257,3 +258,16 @@ def test_inconsistent_configs(tmp_path, saved):
     (path / "config.json").write_text(json.dumps({"d_model": 32, "n_layer": 2, "vocab_size": 10, "ssm_cfg": {}}))
     with pytest.raises(statex.ConfigError, match="only Mamba2"):
         statex.load_model(path)
+
+
+def test_files_are_written_atomically_with_default_permissions(tmp_path):
+    from statex.files import write_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "a.json", "one")
+        write_atomic(tmp_path / "a.json", b"two")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").read_text() == "two" and list(tmp_path.iterdir()) == [tmp_path / "a.json"]
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600

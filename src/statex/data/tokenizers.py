@@ -82,11 +82,11 @@ def train_bpe_tokenizer(files, vocab_size: int, out: str | Path, min_frequency: 
     """Train a byte-level BPE ``tokenizer.json`` on local text (JSONL ``text`` fields or .txt files).
     The end-of-document token gets id 0. Written atomically to ``out``."""
     import os
-    import tempfile
 
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     from statex.data.corpus import corpus_files, iter_documents
+    from statex.files import temporary_sibling
 
     if vocab_size < 257 + 1:
         raise StatexError(f"vocab size {vocab_size} is too small for a byte-level BPE (at least 258)")
@@ -101,12 +101,10 @@ def train_bpe_tokenizer(files, vocab_size: int, out: str | Path, min_frequency: 
     if out.is_dir():
         out = out / "tokenizer.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tokenizer-", suffix=".json", dir=out.parent)
-    os.close(fd)
+    tmp = temporary_sibling(out)
     try:
-        tokenizer.save(tmp)
+        tokenizer.save(str(tmp))
         os.replace(tmp, out)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
     return out

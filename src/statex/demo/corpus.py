@@ -32,7 +32,6 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
-import os
 import random
 import subprocess
 import sys
@@ -203,11 +202,11 @@ def read_works(archive_path: Path, works: Works) -> list[Chapter]:
 
 
 def _write(path: Path, text: str) -> str:
+    from statex.files import write_atomic
+
     path.parent.mkdir(parents=True, exist_ok=True)
     data = text.encode("utf-8")
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"  # an ordinary file: the user's default permissions
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_atomic(path, data)
     return hashlib.sha256(data).hexdigest()
 
 

@@ -304,7 +304,7 @@ def run_gpu_demo(out: str | Path, data: str | Path | None, budget: str = "lease"
     summary {"records", "verdicts", "out"}."""
     from statex.data.tokenizers import train_bpe_tokenizer
     from statex.demo.gpu_report import write_gpu_report
-    from statex.eval.report import _atomic_write
+    from statex.files import write_atomic
 
     settings = preset(budget)
     paths = check_corpus(data)
@@ -322,7 +322,7 @@ def run_gpu_demo(out: str | Path, data: str | Path | None, budget: str = "lease"
         if json.loads(saved.read_text()) != settings.to_dict():
             raise StatexError(f"--resume: {out} was run with other settings (see {saved}); use the same --budget")
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(saved, json.dumps(settings.to_dict(), indent=1) + "\n")
+    write_atomic(saved, json.dumps(settings.to_dict(), indent=1) + "\n")
     started = time.time()
 
     def log(message: str) -> None:
@@ -347,16 +347,16 @@ def run_gpu_demo(out: str | Path, data: str | Path | None, budget: str = "lease"
             info = run_training(settings, stage, paths, out, device, log)
             if not info["skipped"]:
                 timings[f"{family}/{stage.variant}/train"] = info
-                _atomic_write(timings_path, json.dumps(timings, indent=1) + "\n")
+                write_atomic(timings_path, json.dumps(timings, indent=1) + "\n")
         for stage in stages:
             path = stage.directory / "records.json"
             if not path.is_file():
                 log(f"{family}/{stage.variant}: evaluating")
                 begun = time.time()
                 rows = evaluate_stage(settings, stage, paths, out, device)
-                _atomic_write(path, json.dumps(rows, indent=1) + "\n")
+                write_atomic(path, json.dumps(rows, indent=1) + "\n")
                 timings[f"{family}/{stage.variant}/eval"] = {"seconds": round(time.time() - begun, 1)}
-                _atomic_write(timings_path, json.dumps(timings, indent=1) + "\n")
+                write_atomic(timings_path, json.dumps(timings, indent=1) + "\n")
             records += json.loads(path.read_text())
         summary = write_gpu_report(out, records, settings, timings, time.time() - started,
                                    command or f"statex demo --preset gpu --budget {budget}")

@@ -106,9 +106,10 @@ def write_gpu_report(out: Path, records: list[dict[str, Any]], settings, timings
                      command: str) -> dict[str, Any]:
     """results.json, report.md and per-family plots under OUT/<family>/; returns {"records", "verdicts", "out"}."""
     from statex.eval.common import Record
-    from statex.eval.report import _atomic_write, make_plots
+    from statex.eval.report import make_plots
+    from statex.files import write_atomic
 
-    _atomic_write(out / "results.json", json.dumps(records, indent=1) + "\n")
+    write_atomic(out / "results.json", json.dumps(records, indent=1) + "\n")
     found = verdicts(records, settings)
     lines = [f"# StateX vs LPT at GPU scale (--budget {settings.name})", "",
              f"Command: `{command}`; {elapsed / 60:.1f} minutes in this invocation. One seed ({settings.seed}): "
@@ -136,6 +137,6 @@ def write_gpu_report(out: Path, records: list[dict[str, Any]], settings, timings
         plots[family] = make_plots(rows, out / family)
         lines += _family_section(records, family, settings, timings, plots[family])
     lines += ["## Settings", "", "```json", json.dumps(settings.to_dict(), indent=1), "```", ""]
-    _atomic_write(out / "report.md", "\n".join(lines) + "\n")
+    write_atomic(out / "report.md", "\n".join(lines) + "\n")
     return {"records": records, "verdicts": found, "out": str(out),
             "plots": {f: {k: str(p) for k, p in v.items()} for f, v in plots.items()}}

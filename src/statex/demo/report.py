@@ -169,9 +169,9 @@ def write_demo_report(out: Path, records: list[dict[str, Any]], settings: DemoSe
                       command: str, base_records: dict[str, dict], bases: dict[str, str],
                       quick: bool = False) -> dict[str, Any]:
     """results.json, report.md and one capacity plot per family; returns {"records", "verdicts", "out"}."""
-    from statex.eval.report import _atomic_write
+    from statex.files import write_atomic
 
-    _atomic_write(out / "results.json", json.dumps(records, indent=1) + "\n")
+    write_atomic(out / "results.json", json.dumps(records, indent=1) + "\n")
     found = verdicts(records, settings)
     lines = [f"# StateX vs LPT from pretrained miniature bases{' (--quick)' if quick else ''}", "",
              f"Command: `{command}`; {elapsed / 60:.1f} minutes. Bases: "
@@ -198,5 +198,5 @@ def write_demo_report(out: Path, records: list[dict[str, Any]], settings: DemoSe
         plots[family] = capacity_plot(records, family, settings, out)
         lines += _family_section(records, family, settings, base_records.get(family), plots[family])
     lines += ["## Settings", "", "```json", json.dumps(settings.to_dict(), indent=1), "```", ""]
-    _atomic_write(out / "report.md", "\n".join(lines) + "\n")
+    write_atomic(out / "report.md", "\n".join(lines) + "\n")
     return {"records": records, "verdicts": found, "out": str(out), "plots": {k: str(p) for k, p in plots.items()}}

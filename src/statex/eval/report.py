@@ -2,20 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable
 
 from statex.eval.common import Record
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+from statex.files import write_atomic
 
 
 def summary_rows(records: Iterable[Record]) -> list[Record]:
@@ -45,8 +37,8 @@ def write_report(records: list[Record], out: str | Path, plots: bool = True) -> 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = {"results": out / "results.json", "report": out / "report.md"}
-    _atomic_write(written["results"], json.dumps([r.to_dict() for r in records], indent=1) + "\n")
-    _atomic_write(written["report"], "# Evaluation results\n\n" + markdown_table(records))
+    write_atomic(written["results"], json.dumps([r.to_dict() for r in records], indent=1) + "\n")
+    write_atomic(written["report"], "# Evaluation results\n\n" + markdown_table(records))
     if plots:
         written.update(make_plots(records, out))
     return written
