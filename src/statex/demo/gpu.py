@@ -61,8 +61,11 @@ class GPUPreset:
     factor: int = 4  # Mamba2 d_state multiplier
     pre_pairs: tuple[int, int] = (4, 64)  # MQAR pairs in pretraining sequences
     post_pairs: tuple[int, int] = (16, 256)  # and in post-training ones
-    mqar_weight: float = 0.1
-    passkey_weight: float = 0.05
+    # sampling weights beside the text's 1.0: about 48% MQAR and 5% passkey sequences. A CPU pilot
+    # (experiments/pilot-recall-mix/) learned no recall at all with 9-78% MQAR in 16-24K sequences; zoology
+    # trains MQAR on 10^5-10^6 sequences, so recall gets half of the preset's sequences.
+    mqar_weight: float = 1.0
+    passkey_weight: float = 0.1
     eval_lengths: tuple[int, ...] = (512, 1024, 2048, 4096)
     eval_depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     eval_pairs: tuple[int, ...] = (16, 32, 64, 128, 256)
