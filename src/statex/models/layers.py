@@ -97,7 +97,9 @@ class CausalConv1d(nn.Module):
         y = _ShiftedDepthwiseConv.apply(padded, self.weight.to(x.dtype)[:, 0, :], length)
         if self.bias is not None:
             y = y + self.bias.to(x.dtype)
-        new_state = padded[:, padded.shape[1] - keep:].transpose(1, 2)
+        # a copy, not a view: a view would keep all of ``padded`` alive as long as the state is kept (a whole
+        # prefill chunk per layer while decoding), and FSDP2 warns about views among a block's outputs
+        new_state = padded[:, padded.shape[1] - keep:].transpose(1, 2).clone(memory_format=torch.contiguous_format)
         return F.silu(y), new_state
 
 
