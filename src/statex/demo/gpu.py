@@ -151,9 +151,6 @@ def plan(out: Path, settings: GPUPreset, families: list[str]) -> list[_Stage]:
 
 def _train_options(settings: GPUPreset, stage: _Stage, budget: StageBudget, pairs, paths, out: Path, device: str,
                    resume: bool) -> dict[str, Any]:
-    import torch
-
-    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     options = dict(
         data=str(paths["train"]), tokenizer=str(out / "tokenizer.json"), cache_dir=str(out / "token-cache"),
         synthetic=[{"kind": "mqar", "weight": settings.mqar_weight, "num_pairs": list(pairs)},
@@ -162,7 +159,7 @@ def _train_options(settings: GPUPreset, stage: _Stage, budget: StageBudget, pair
         warmup=max(1, budget.steps // 20), schedule="cosine", weight_decay=0.1, beta2=0.95, clip=1.0,
         seed=settings.seed, out=str(stage.directory / "run"), save_every=max(1, budget.steps // 4), keep=1,
         log_every=max(1, budget.steps // 50), heldout_sequences=16, progress=True, resume=resume,
-        precision="bf16" if cuda else "fp32", device=device)
+        precision="bf16" if device == "cuda" else "fp32", device=device)
     if stage.variant == "base":
         options["init"] = str(stage.directory / "model.json")
     else:
@@ -215,10 +212,15 @@ def _tokens_per_s(run: Path) -> float | None:
     return round(statistics.median(steady)) if steady else None  # the first steps include compilation
 
 
-def _cuda_available() -> bool:
+def _resolve_device(name: str) -> str:
+    """``cpu`` or ``cuda`` for a --device value (auto: CUDA when available), checked once for every stage."""
     import torch
 
-    return torch.cuda.is_available()
+    if name not in ("auto", "cpu", "cuda"):
+        raise StatexError(f"--device must be auto, cpu or cuda, got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise StatexError("--device cuda: no CUDA device is available")
+    return "cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu"
 
 
 def _release_gpu() -> None:
@@ -260,20 +262,16 @@ def run_training(settings: GPUPreset, stage: _Stage, paths, out: Path, device: s
 
 
 def evaluate_stage(settings: GPUPreset, stage: _Stage, paths, out: Path, device: str) -> list[dict[str, Any]]:
-    """Every task of the preset on the stage's final model; records as dicts with family and variant."""
-    import torch
-
+    """Every task of the preset on the stage's final model (``device``: cpu or cuda); records as dicts with
+    family and variant."""
     import statex
     from statex.eval import evaluate
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     model = statex.load_model(stage.final, device=device)
     if device == "cuda":  # every task at one batch size, so that one prewarm covers them all
         from statex.ops import prewarm
 
-        for work in prewarm.forward_workloads(model.config.to_dict(), EVAL_BATCH, PREFILL_CHUNK, decode=True):
-            prewarm.prepare(work)
+        prewarm.prepare(prewarm.forward_workloads(model.config.to_dict(), EVAL_BATCH, PREFILL_CHUNK, decode=True))
     tokenizer = statex.load_tokenizer(out / "tokenizer.json")
     info = statex.describe_model(model)
     name = f"{stage.family}-{stage.variant}"
@@ -311,6 +309,7 @@ def run_gpu_demo(out: str | Path, data: str | Path | None, budget: str = "lease"
 
     settings = preset(budget)
     paths = check_corpus(data)
+    device = _resolve_device(device)
     unknown = [f for f in families or () if f not in GPU_FAMILIES]
     if unknown:
         raise StatexError(f"unknown family {', '.join(unknown)} (choose from {', '.join(GPU_FAMILIES)})")
@@ -335,7 +334,7 @@ def run_gpu_demo(out: str | Path, data: str | Path | None, budget: str = "lease"
     if not (out / "tokenizer.json").is_file():
         log(f"tokenizer: byte-level BPE of {settings.vocab_size} tokens on {paths['train']}")
         train_bpe_tokenizer([paths["train"]], settings.vocab_size, out / "tokenizer.json", show_progress=progress)
-    if device == "cuda" or (device == "auto" and _cuda_available()):
+    if device == "cuda":
         from statex.ops import prewarm
 
         log("compiling the GPU kernels of every stage")
