@@ -91,6 +91,26 @@ def test_the_verdict_rule():
     assert inherit["beats_lpt"] and inherit["loss_ratio"] == pytest.approx(2.9 / 2.8)
     assert found["statex-reinit"]["gain"] > 0 and not found["statex-reinit"]["beats_lpt"]  # loss 14% above LPT's
     assert inherit["recall_gain"]["passkey"] == 0.0
+    assert inherit["verdict"] == "yes" and found["statex-reinit"]["verdict"] == "no"
+
+
+def _mqar_run(accuracies: dict[str, float]) -> list[dict]:
+    records = []
+    for variant, accuracy in accuracies.items():
+        records += [_record(variant, "mqar", accuracy, length=2048, pairs=p) for p in (16, 64)]
+        records.append(_record(variant, "ppl", 3.0))
+    return records
+
+
+def test_a_gain_below_the_noise_or_without_recall_is_no_win():
+    settings = preset("call")
+    # the first GPU run (--budget call): every cell 0.000-0.002; a +0.0002 "gain" said "yes"
+    found = verdicts(_mqar_run({"base": 0.0, "lpt": 0.0, "statex-reinit": 0.0002}), settings)[0]
+    assert found["gain"] > 0 and not found["beats_lpt"] and found["verdict"] == "no recall"
+    found = verdicts(_mqar_run({"base": 0.3, "lpt": 0.4, "statex-reinit": 0.41}), settings)[0]
+    assert found["gain"] == pytest.approx(0.01) and found["verdict"] == "no"  # recall, but within the noise
+    found = verdicts(_mqar_run({"base": 0.3, "lpt": 0.4, "statex-reinit": 0.43}), settings)[0]
+    assert found["verdict"] == "yes" and found["beats_lpt"]
 
 
 def test_a_stopped_stage_continues_from_its_checkpoint(tmp_path, corpus, capsys, monkeypatch):

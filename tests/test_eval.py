@@ -89,6 +89,10 @@ def test_passkey_and_niah_generators():
         niah.generate_examples(BYTES, 800, 0.5, 1, seed=0, variant=2)
     essay = niah.generate_examples(BYTES, 600, 0.5, 1, seed=0, variant=2, haystack="Essays are long. " * 10)
     assert "Essays are long." in BYTES.decode(essay[0][0])
+    # the task encodes the haystack once and passes its ids: the same prompts as from the text
+    ids = niah.encode_haystack(BYTES, "Essays are long. " * 10)
+    assert niah.generate_examples(BYTES, 600, 0.5, 2, seed=0, variant=2, haystack=ids) == \
+        niah.generate_examples(BYTES, 600, 0.5, 2, seed=0, variant=2, haystack="Essays are long. " * 10)
 
 
 def test_oracle_scores_100_percent_and_random_model_near_chance():

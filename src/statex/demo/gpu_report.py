@@ -3,8 +3,10 @@ task, tokens/s of every stage, and plots (passkey and NIAH heatmaps, MQAR curves
 
 The rule (one seed, so no interval; the report says so): the MQAR cells past the base's capacity are those
 where the base scores below ``capacity_threshold``; gain = mean over them of StateX minus LPT. StateX beats LPT
-when the gain is above 0 and its held-out loss is within ``loss_tolerance`` of LPT's. Passkey and NIAH are
-reported beside it, as means over the cells longer than the post-training context (where LPT has not trained).
+when the gain is at least ``min_gain`` and its held-out loss is within ``loss_tolerance`` of LPT's. When no
+MQAR cell of the base, LPT or that StateX mode exceeds ``recall_floor``, the verdict is "no recall" (the models
+learned no recall to compare: not a result for or against StateX). Passkey and NIAH are reported beside it, as
+means over the cells longer than the post-training context (where LPT has not trained).
 """
 from __future__ import annotations
 
@@ -55,13 +57,17 @@ def verdicts(records: list[dict[str, Any]], settings) -> list[dict[str, Any]]:
             cells = [c for c in past if c in statex and c in lpt]
             gain = _mean([statex[c] - lpt[c] for c in cells])
             ratio = _loss(records, family, variant) / _loss(records, family, "lpt")
+            best = max([*base.values(), *lpt.values(), *statex.values()], default=0.0)
+            recalls = best > settings.recall_floor
+            beats = bool(cells) and gain >= settings.min_gain and ratio <= 1 + settings.loss_tolerance
             found.append({
                 "family": family, "variant": variant, "cells_past_capacity": len(cells), "gain": gain,
                 "cells_better": sum(statex[c] > lpt[c] for c in cells), "loss_ratio": ratio,
                 "recall_gain": {task: _long_recall(records, family, variant, task, _post_len(settings))
                                 - _long_recall(records, family, "lpt", task, _post_len(settings))
                                 for task in RECALL_TASKS},
-                "beats_lpt": bool(cells) and gain > 0 and ratio <= 1 + settings.loss_tolerance,
+                "best_mqar": best, "beats_lpt": recalls and beats,
+                "verdict": "yes" if recalls and beats else "no" if recalls else "no recall",
             })
     return found
 
@@ -117,9 +123,11 @@ def write_gpu_report(out: Path, records: list[dict[str, Any]], settings, timings
              "## Verdicts", "",
              f"Rule: the MQAR cells past the base's capacity are those where the base scores below "
              f"{settings.capacity_threshold}; gain = mean over them of StateX minus LPT. StateX beats LPT when the "
-             f"gain is above 0 and its held-out loss is within {settings.loss_tolerance:.0%} of LPT's. Passkey and "
-             f"NIAH: mean over the cells longer than the post-training context (T > {_post_len(settings)}), "
-             "StateX minus LPT.", "",
+             f"gain is at least {settings.min_gain} and its held-out loss is within {settings.loss_tolerance:.0%} of "
+             f"LPT's. \"no recall\": no MQAR cell of the base, LPT or that StateX mode above "
+             f"{settings.recall_floor}, so the run compares nothing (the budget was too small for the models to "
+             f"learn recall). Passkey and NIAH: mean over the cells longer than the post-training context "
+             f"(T > {_post_len(settings)}), StateX minus LPT.", "",
              "| family | StateX mode | cells | MQAR gain | cells better | held-out loss StateX / LPT | "
              + " | ".join(f"{t} gain" for t in RECALL_TASKS) + " | beats LPT |",
              "|---|---|---|---|---|---|" + "---|" * len(RECALL_TASKS) + "---|"]
@@ -127,7 +135,7 @@ def write_gpu_report(out: Path, records: list[dict[str, Any]], settings, timings
         lines.append(f"| {v['family']} | {v['variant']} | {v['cells_past_capacity']} | {_number(v['gain'])} | "
                      f"{v['cells_better']} of {v['cells_past_capacity']} | {_number(v['loss_ratio'], 4)} | "
                      + " | ".join(_number(v["recall_gain"][t]) for t in RECALL_TASKS)
-                     + f" | {'yes' if v['beats_lpt'] else 'no'} |")
+                     + f" | {v['verdict']} |")
     lines.append("")
     plots = {}
     for family in dict.fromkeys(r["family"] for r in records):
