@@ -263,3 +263,34 @@ def test_the_worker_runs_every_workload_of_its_spec(tmp_path, monkeypatch, capsy
     prewarm._worker_main(["--index", "1", "--count", "3", "--spec", str(spec)])
     assert sharded == [(1, 3)] and ran == works
     assert "workload 2 of 2" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("family", ["gla", "mamba2"])
+def test_the_prewarm_passes_use_every_kernel_variant_evaluation_uses(monkeypatch, family):
+    """A chunk kernel given an initial state is another Triton variant than one without: evaluation reads long
+    prompts in pieces with the state carried, so the prewarm's inference passes must run both."""
+    import torch
+
+    from statex.eval.common import token_logprobs
+    from statex.ops import backends
+
+    seen = set()
+    for name in ("gla_chunk", "ssd_chunk"):
+        original = getattr(backends, name)
+
+        def recording(*args, _original=original, _name=name, **kwargs):
+            initial = kwargs.get("initial_state", args[5] if _name == "gla_chunk" else args[6])
+            seen.add((_name, initial is None))
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(backends, name, recording)
+    make = statex.gla_config if family == "gla" else statex.mamba2_config
+    extra = dict(num_heads=2) if family == "gla" else dict(d_state=8, headdim=16)
+    model = statex.build_model(make(64, 32, 1, **extra), seed=0).eval()
+    ids = torch.randint(0, 64, (2, 64))
+    with torch.no_grad():
+        prewarm.inference_passes(model, ids, forward=True, decode_batch=2)
+        warmed, _ = set(seen), seen.clear()
+        token_logprobs(model, torch.randint(0, 64, (2, 128)), chunk=64)  # MQAR, perplexity
+        model.generate(ids, max_new_tokens=3, prefill_chunk=32)  # passkey, NIAH
+    assert seen and seen <= warmed, (seen, warmed)

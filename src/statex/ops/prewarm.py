@@ -58,9 +58,12 @@ class Workload:
     def key(self) -> str:
         """What the compiled kernels depend on: the distinct layer shapes, not the config's history or ids."""
         shapes = {k: v for k, v in distinct_layers(self.model).items() if k not in _NOT_SHAPES}
-        text = json.dumps({"workload": {**asdict(self), "model": shapes}, "versions": _software_versions()},
-                          sort_keys=True)
+        text = json.dumps({"workload": {**asdict(self), "model": shapes}, "versions": _software_versions(),
+                           "passes": PASSES_VERSION}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+PASSES_VERSION = 2  # raised when run_workload's passes change, so that older markers no longer skip a prewarm
 
 
 def _software_versions() -> dict[str, str]:
@@ -121,12 +124,22 @@ def run_workload(work: Workload) -> None:
         model.zero_grad(set_to_none=True)
     model.eval()
     with torch.no_grad(), autocast:
-        if work.forward:
-            model(ids)
-        if work.decode_batch:
-            out = model(ids[:work.decode_batch, :16], use_cache=True)
-            model(out.logits[:, -1:].argmax(-1), state=out.state)
+        inference_passes(model, ids, work.forward, work.decode_batch)
     torch.cuda.synchronize()
+
+
+def inference_passes(model, ids, forward: bool, decode_batch: int) -> None:
+    """The forward passes of evaluation and generation, on ``ids`` [B, T]: a prompt's first piece (no initial
+    state) and a later piece (the state carried in; the kernels take an initial state only then, and Triton
+    compiles that variant separately: evaluation's 4,096-token prompts read in 2,048-token pieces compiled it
+    themselves, one candidate after another, before this pass existed), then a decoding step at
+    ``decode_batch`` rows."""
+    if forward:
+        first = model(ids, use_cache=True)
+        model(ids, state=first.state, use_cache=True)
+    if decode_batch:
+        out = model(ids[:decode_batch, :16], use_cache=True)
+        model(out.logits[:, -1:].argmax(-1), state=out.state)
 
 
 def forward_workloads(model: dict[str, Any], batch: int, seq_len: int, decode: bool,
