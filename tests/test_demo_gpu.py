@@ -148,3 +148,23 @@ def test_one_prewarm_covers_the_workloads_every_stage_asks_for(tmp_path, corpus)
         assert trainer.key() in planned, variant
         for work in prewarm.forward_workloads(config, gpu.EVAL_BATCH, gpu.PREFILL_CHUNK, decode=True):
             assert work.key() in planned, variant
+
+
+def test_the_bases_start_from_the_presets_init(tmp_path):
+    import torch
+
+    import statex.demo.gpu as gpu
+
+    settings = preset("tiny")
+    for family in ("gla", "mamba2"):
+        stage = gpu._Stage(family, "base", tmp_path / family / "base")
+        gpu._write_init(settings, stage)
+        model = statex.load_model(stage.directory / "init")
+        assert model.config.to_dict() == gpu._model_config(settings, family).to_dict()
+        if family == "mamba2":  # the miniature's departures: A in [0.1, 1], D = 0
+            for block in model.backbone.layers:
+                A = torch.exp(block.mixer.A_log)
+                assert torch.all(block.mixer.D == 0) and 0.1 <= A.min() and A.max() <= 1.0 + 1e-6
+        written = (stage.directory / "init" / "model.safetensors").stat().st_mtime_ns
+        gpu._write_init(settings, stage)  # a resumed run keeps the weights it started from
+        assert (stage.directory / "init" / "model.safetensors").stat().st_mtime_ns == written

@@ -51,33 +51,43 @@ def find_base(directory: Path, family: str) -> Path:
 
 
 def build_initial_model(recipe: BaseRecipe, vocab_size: int):
-    """The freshly initialised base. ``recipe.init`` departs from the library's default init where a model this
-    small learns recall far faster: ``embedding_std`` (normal init of the embedding, 1.0 instead of 0.02);
+    """The freshly initialised base of ``recipe`` (``initialise`` with its init departures)."""
+    import statex
+
+    builder = statex.gla_config if recipe.family == "gla" else statex.mamba2_config
+    return initialise(builder(vocab_size, **recipe.model), recipe.init, recipe.seed)
+
+
+INIT_OPTIONS = ("embedding_std", "dt_range", "a_range", "D")
+
+
+def initialise(config, init: dict[str, Any], seed: int):
+    """A freshly initialised model of ``config``. ``init`` departs from the library's default init where a small
+    model learns recall far faster: ``embedding_std`` (normal init of the embedding, 1.0 instead of 0.02);
     Mamba2 ``dt_range`` (dt log-uniform in it instead of [0.001, 0.1]), ``a_range`` (A uniform in it instead
     of [1, 16]: slower decay, a longer memory) and ``D`` (the skip weight, 0 instead of 1)."""
     import statex
 
-    builder = statex.gla_config if recipe.family == "gla" else statex.mamba2_config
-    model = statex.build_model(builder(vocab_size, **recipe.model), seed=recipe.seed)
-    unknown = set(recipe.init) - {"embedding_std", "dt_range", "a_range", "D"}
+    model = statex.build_model(config, seed=seed)
+    unknown = set(init) - set(INIT_OPTIONS)
     if unknown:
         raise StatexError(f"unknown init option(s) {', '.join(sorted(unknown))}")
-    generator = torch.Generator().manual_seed(recipe.seed)
+    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        if "embedding_std" in recipe.init:
-            torch.nn.init.normal_(model.embed_tokens.weight, std=recipe.init["embedding_std"], generator=generator)
-        if recipe.family == "mamba2":
+        if "embedding_std" in init:
+            torch.nn.init.normal_(model.embed_tokens.weight, std=init["embedding_std"], generator=generator)
+        if config.family == "mamba2":
             ssm = {}
-            if "dt_range" in recipe.init:
-                ssm["dt_min"], ssm["dt_max"] = recipe.init["dt_range"]
-            if "a_range" in recipe.init:
-                ssm["a_range"] = tuple(recipe.init["a_range"])
+            if "dt_range" in init:
+                ssm["dt_min"], ssm["dt_max"] = init["dt_range"]
+            if "a_range" in init:
+                ssm["a_range"] = tuple(init["a_range"])
             with torch.random.fork_rng():
-                torch.manual_seed(recipe.seed)
+                torch.manual_seed(seed)
                 for block in model.backbone.layers:
                     block.mixer.reset_ssm_parameters(**ssm)
-                    if "D" in recipe.init:
-                        block.mixer.D.fill_(recipe.init["D"])
+                    if "D" in init:
+                        block.mixer.D.fill_(init["D"])
     return model
 
 

@@ -77,6 +77,11 @@ class GPUPreset:
     # hundredths by chance (the first GPU run's "gain" of +0.0002 with every cell at 0.000-0.002 was noise).
     min_gain: float = 0.02  # the MQAR gain (mean over the cells past capacity) StateX needs to beat LPT
     recall_floor: float = 0.05  # no MQAR cell of any variant above this: the run shows nothing either way
+    # family -> departures from the library's default init (demo.bases.initialise): Mamba2 takes the CPU
+    # miniature's (slower decay, D = 0), without which its bases learned MQAR far more slowly there
+    # (../shared/MINIATURE_NOTES.md); not measured at this size.
+    init: dict[str, dict[str, Any]] = field(default_factory=lambda: {
+        "mamba2": {"dt_range": [0.01, 0.1], "a_range": [0.1, 1.0], "D": 0.0}})
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -168,7 +173,7 @@ def _train_options(settings: GPUPreset, stage: _Stage, budget: StageBudget, pair
         log_every=max(1, budget.steps // 50), heldout_sequences=16, progress=True, resume=resume,
         precision="bf16" if device == "cuda" else "fp32", device=device)
     if stage.variant == "base":
-        options["init"] = str(stage.directory / "model.json")
+        options["model"] = str(stage.directory / "init")
     else:
         options["model"] = str(stage.directory.parent / "base" / "run" / "final")
         if stage.variant.startswith("statex-"):
@@ -185,9 +190,13 @@ def _model_config(settings: GPUPreset, family: str):
 
 
 def _write_init(settings: GPUPreset, stage: _Stage) -> None:
-    stage.directory.mkdir(parents=True, exist_ok=True)
-    (stage.directory / "model.json").write_text(json.dumps(_model_config(settings, stage.family).to_dict(),
-                                                           indent=1) + "\n")
+    """The base's initial weights (``settings.init``'s departures applied), written once (atomically)."""
+    import statex
+    from statex.demo.bases import initialise
+
+    if not (stage.directory / "init" / "config.json").is_file():
+        model = initialise(_model_config(settings, stage.family), settings.init.get(stage.family, {}), settings.seed)
+        statex.save_model(model, stage.directory / "init")
 
 
 def workloads(settings: GPUPreset, families: list[str]):
