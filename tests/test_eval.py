@@ -206,3 +206,20 @@ def test_lm_eval_adapter_offline(tmp_path, monkeypatch):
     assert isinstance(generated, str) and "\n" not in generated
     (rolling,) = adapter.loglikelihood_rolling([SimpleNamespace(args=("some text here",))])
     assert rolling < 0
+
+
+def test_perplexity_encodes_only_the_leading_text_it_needs(tmp_path):
+    from statex.demo.data import filler_documents
+    from statex.eval.tasks.ppl import leading_tokens
+
+    text = "\n\n".join(filler_documents(300, 3))
+    (tmp_path / "train.txt").write_text(text)
+    bpe = statex.load_tokenizer(statex.train_bpe_tokenizer([tmp_path / "train.txt"], 400, tmp_path / "tok.json",
+                                                           show_progress=False))
+    for tokenizer in (bpe, BYTES):
+        full = tokenizer.encode(text)
+        for needed in (10, 3000, len(full) // 2, 10 * len(full)):
+            part = leading_tokens(tokenizer, text, needed)
+            assert part == full[:len(part)] and len(part) >= min(needed, len(full))
+            if needed < len(full) // 3:
+                assert len(part) < len(full)  # a prefix, not the whole text

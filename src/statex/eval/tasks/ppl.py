@@ -23,13 +23,30 @@ def buckets(length: int, first: int = 128) -> list[tuple[int, int]]:
     return list(zip(edges[:-1], edges[1:]))
 
 
+SAFE_MARGIN = 64  # tokens dropped before the cut of a partial encoding: only the last pre-token can differ
+
+
+def leading_tokens(tokenizer, text: str, needed: int) -> list[int]:
+    """At least ``needed`` leading tokens of ``text`` (all of them if it has fewer), equal to those of encoding
+    the whole text: a prefix of the text is encoded, growing until it holds enough, and the tokens near its cut
+    (where the last word may have been split) are dropped. A held-out file of gigabytes is thus not encoded
+    whole for the 262K tokens of 64 windows (the whole 4.3M-character file took 2.3 s per model)."""
+    chars = 6 * (needed + SAFE_MARGIN)  # a BPE of 8K tokens averages about 4 characters per token
+    while chars < len(text):
+        ids = tokenizer.encode(text[:chars])
+        if len(ids) - SAFE_MARGIN >= needed:
+            return ids[:len(ids) - SAFE_MARGIN]
+        chars *= 2
+    return tokenizer.encode(text)
+
+
 def run(ctx: EvalContext) -> list[Record]:
     path = ctx.options.get("ppl_file")
     if not path:
         raise StatexError("task ppl needs --ppl-file FILE (local text)")
     text = Path(path).read_text(errors="replace")
-    ids = ctx.tokenizer.encode(text)
     length = max(ctx.options.get("lengths") or [2048])
+    ids = leading_tokens(ctx.tokenizer, text, length * ctx.n)
     windows = [ids[i:i + length] for i in range(0, len(ids) - length + 1, length)][:ctx.n]
     if not windows:
         raise StatexError(f"{path}: {len(ids)} tokens, fewer than one window of {length}")
