@@ -134,3 +134,29 @@ def test_training_and_evaluation_mqar_share_one_split_without_the_eos_token():
     stream = TrainStream(None, 64, 0, tokenizer, [SyntheticSource("mqar", 1.0, (2, 8))], 0.0)
     ids = stream.batch(0, 64)[0]
     assert int(ids.max()) < tokenizer.eos_token_id
+
+
+def test_an_mqar_key_range_for_training_and_evaluation_alike():
+    from statex.data import load_tokenizer
+    from statex.data.dataset import TrainStream, check_synthetic
+    from statex.eval.tasks import mqar
+
+    tokenizer = load_tokenizer("bytes")
+    (source,) = parse_synthetic([{"kind": "mqar", "weight": 1.0, "num_pairs": [4, 16], "keys": 20}])
+    assert source.keys == 20
+    assert mqar.spec_for(tokenizer, 20) == MQARSpec.for_tokenizer(tokenizer, keys=20) == MQARSpec(1, 21, 21, 41)
+    stream = TrainStream(None, 64, 0, tokenizer, [source], 0.0)
+    ids, labels = stream.batch(0, 32)
+    assert 1 <= int(ids.min()) and int(ids.max()) < 41  # keys, values and filler all inside the two ranges
+    values = labels[labels != -100]
+    assert values.numel() and bool(((values >= 21) & (values < 41)).all())
+    ids, _ = mqar.generate_examples(tokenizer, 64, 8, 1, seed=0, keys=20)[0]
+    assert 1 <= int(ids.min()) and int(ids.max()) < 41
+    with pytest.raises(statex.StatexError, match=r"16 pairs need 16 distinct keys.*keys: 10"):
+        check_synthetic(parse_synthetic([{"kind": "mqar", "num_pairs": [4, 16], "keys": 10}]), tokenizer, 64)
+    with pytest.raises(statex.StatexError, match=r"keys 200: needs"):
+        check_synthetic(parse_synthetic([{"kind": "mqar", "keys": 200}]), tokenizer, 64)
+    with pytest.raises(statex.StatexError, match="keys must be a positive integer"):
+        parse_synthetic([{"kind": "mqar", "keys": 0}])
+    with pytest.raises(statex.StatexError, match=r"--pairs 32: .*--mqar-keys 20"):
+        statex.eval.check_tokenizer(["mqar"], tokenizer, pairs=[32], mqar_lengths=[256], mqar_keys=20)

@@ -15,15 +15,11 @@ from pathlib import Path
 import torch
 
 import statex
-from statex.data import synthetic
 from statex.eval import evaluate
 from statex.train import resolve_config
 
 name, keys, out = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
 HERE = Path(__file__).resolve().parent
-if keys:  # one spec for training and evaluation alike (both ask MQARSpec.for_tokenizer)
-    synthetic.MQARSpec.for_tokenizer = classmethod(lambda cls, tok, power_a=0.01: cls(1, 1 + keys, 1 + keys,
-                                                                                        1 + 2 * keys, power_a))
 torch.manual_seed(0)
 tokenizer_path = os.environ.get("TOKENIZER", "/tmp/evprof/tok.json")
 start = dict(init=str(HERE.parent / "pilot-recall-mix" / "model.json"))
@@ -35,7 +31,8 @@ if os.environ.get("EMBEDDING_STD"):
     start = dict(model=str(out / f"{name}-init"))
 options = dict(**start, data="corpus/train",
                tokenizer=tokenizer_path, cache_dir=str(out / "cache"),
-               synthetic=[{"kind": "mqar", "weight": 1.0, "num_pairs": [4, 32]}, {"kind": "passkey", "weight": 0.05}],
+               synthetic=[{"kind": "mqar", "weight": 1.0, "num_pairs": [4, 32], **({"keys": keys} if keys else {})},
+                          {"kind": "passkey", "weight": 0.05}],
                seq_len=256, batch_size=16, steps=int(os.environ.get("STEPS", 1200)), lr=3e-3, min_lr=3e-4,
                warmup=60, beta2=0.95, log_every=50, save_every=100000, threads=1, progress=False,
                out=str(out / name), seed=0)
@@ -43,7 +40,7 @@ statex.train(resolve_config({}, options))
 model = statex.load_model(out / name / "final")
 tokenizer = statex.load_tokenizer(tokenizer_path)
 records = evaluate({name: model}, ["mqar"], tokenizer, pairs=[4, 8, 16, 32], mqar_lengths=[256], n=48,
-                   batch_size=16, progress=False, seed=1234)
+                   batch_size=16, progress=False, seed=1234, mqar_keys=keys or None)
 result = {f"{r.params['length']}/{r.params['pairs']}": round(float(r.value), 3) for r in records}
 print(name, json.dumps(result), flush=True)
 (out / f"{name}-eval.json").write_text(json.dumps(result, indent=1) + "\n")

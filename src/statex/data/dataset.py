@@ -27,6 +27,7 @@ class SyntheticSource:
     weight: float
     num_pairs: tuple[int, int] = (4, 32)  # mqar: pairs drawn uniformly in this range (inclusive)
     mqar: MQARSpec | None = None  # mqar: token ranges (default: zoology's split of the tokenizer's vocab)
+    keys: int | None = None  # mqar: keys from [1, 1 + keys), values from the next keys ids (MQARSpec.for_tokenizer)
 
 
 @dataclass
@@ -91,7 +92,7 @@ class TrainStream:
             high = min(source.num_pairs[1], self.seq_len // 4)  # an MQAR sequence needs 4 positions per pair
             low = min(source.num_pairs[0], high)
             pairs = int(torch.randint(low, high + 1, (1,), generator=gen))
-            spec = source.mqar or MQARSpec.for_tokenizer(self.tokenizer)
+            spec = source.mqar or MQARSpec.for_tokenizer(self.tokenizer, keys=source.keys)
             return mqar_sequence(gen, self.seq_len, pairs, spec)
         return passkey_sequence(gen, self.tokenizer, self.seq_len)
 
@@ -101,7 +102,7 @@ class TrainStream:
 
 
 def parse_synthetic(spec: str | list | None) -> list[SyntheticSource]:
-    """``"mqar:0.3,passkey:0.1"`` or a list of dicts ({kind, weight, num_pairs}) from a config file."""
+    """``"mqar:0.3,passkey:0.1"`` or a list of dicts ({kind, weight, num_pairs, keys}) from a config file."""
     if not spec:
         return []
     items = spec if isinstance(spec, list) else [part for part in str(spec).split(",") if part.strip()]
@@ -125,6 +126,10 @@ def parse_synthetic(spec: str | list | None) -> list[SyntheticSource]:
             source.num_pairs = (int(low), int(high))
             if not 1 <= source.num_pairs[0] <= source.num_pairs[1]:
                 raise StatexError(f"synthetic source {kind}: num_pairs [{low}, {high}] must be 1 <= low <= high")
+        if "keys" in extra and kind == "mqar":
+            source.keys = extra.pop("keys")
+            if not isinstance(source.keys, int) or source.keys < 1:
+                raise StatexError(f"synthetic source mqar: keys must be a positive integer, got {source.keys!r}")
         if extra:
             raise StatexError(f"synthetic source {kind}: unknown field(s) {', '.join(sorted(extra))}")
         sources.append(source)
@@ -137,12 +142,16 @@ def check_synthetic(sources: list[SyntheticSource], tokenizer, seq_len: int) -> 
     for source in sources:
         if source.kind != "mqar":
             continue
-        spec = source.mqar or MQARSpec.for_tokenizer(tokenizer)
+        try:
+            spec = source.mqar or MQARSpec.for_tokenizer(tokenizer, keys=source.keys)
+        except ValueError as exc:
+            raise StatexError(f"synthetic mqar: {exc}") from None
         pairs = min(source.num_pairs[1], seq_len // 4)
         if pairs > spec.num_keys:
             raise StatexError(f"synthetic mqar: up to {pairs} pairs need {pairs} distinct keys, but this tokenizer "
-                              f"({tokenizer.vocab_size} tokens) gives {spec.num_keys} (the lower half of the "
-                              "vocabulary); lower num_pairs or use a larger tokenizer")
+                              f"({tokenizer.vocab_size} tokens) gives {spec.num_keys}" + (
+                                  f" (keys: {source.keys})" if source.keys else " (the lower half of the vocabulary)")
+                              + "; lower num_pairs or use a larger tokenizer")
 
 
 def load_packed(cache_path, seq_len: int, heldout_sequences: int) -> PackedData:

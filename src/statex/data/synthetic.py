@@ -46,13 +46,20 @@ class MQARSpec:
         return cls(1, half, half, vocab_size, power_a)
 
     @classmethod
-    def for_tokenizer(cls, tokenizer, power_a: float = 0.01) -> "MQARSpec":
+    def for_tokenizer(cls, tokenizer, power_a: float = 0.01, keys: int | None = None) -> "MQARSpec":
         """``for_vocab`` over the tokenizer's regular ids: an end-of-document token at the top of the vocabulary
-        is left out, so it is never drawn as a key, value or filler. Training and evaluation both use this."""
+        is left out, so it is never drawn as a key, value or filler. Training and evaluation both use this.
+        ``keys``: keys from [1, 1 + keys) and values from the next ``keys`` ids instead (each key token then
+        recurs far more often: experiments/pilot-recall-keys/)."""
         vocab = tokenizer.vocab_size
         if tokenizer.eos_token_id == vocab - 1:
             vocab -= 1
-        return cls.for_vocab(vocab, power_a)
+        if keys is None:
+            return cls.for_vocab(vocab, power_a)
+        if keys < 1 or 1 + 2 * keys > vocab:
+            raise ValueError(f"MQAR keys {keys}: needs 1 <= keys and 2 x keys + 1 <= {vocab} (the tokenizer's "
+                             "regular ids)")
+        return cls(1, 1 + keys, 1 + keys, 1 + 2 * keys, power_a)
 
 
 def mqar_sequence(generator: torch.Generator, seq_len: int, num_pairs: int, spec: MQARSpec):

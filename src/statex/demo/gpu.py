@@ -64,6 +64,9 @@ class GPUPreset:
     # (experiments/pilot-recall-mix/) learned no recall at all with 9-78% MQAR in 16-24K sequences; zoology
     # trains MQAR on 10^5-10^6 sequences, so recall gets half of the preset's sequences.
     mqar_weight: float = 1.0
+    mqar_keys: int | None = None  # MQAR keys / values from N ids each instead of half the vocabulary each
+    # (training and evaluation alike); a 256-key range gave the only sign of recall in a CPU pilot
+    # (experiments/pilot-recall-keys/), not yet tried at this scale
     passkey_weight: float = 0.1
     eval_lengths: tuple[int, ...] = (512, 1024, 2048, 4096)
     eval_depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -165,7 +168,8 @@ def _train_options(settings: GPUPreset, stage: _Stage, budget: StageBudget, pair
                    resume: bool) -> dict[str, Any]:
     options = dict(
         data=str(paths["train"]), tokenizer=str(out / "tokenizer.json"), cache_dir=str(out / "token-cache"),
-        synthetic=[{"kind": "mqar", "weight": settings.mqar_weight, "num_pairs": list(pairs)},
+        synthetic=[{"kind": "mqar", "weight": settings.mqar_weight, "num_pairs": list(pairs),
+                    **({"keys": settings.mqar_keys} if settings.mqar_keys else {})},
                    {"kind": "passkey", "weight": settings.passkey_weight}],
         seq_len=budget.seq_len, batch_size=budget.batch, steps=budget.steps, lr=budget.lr, min_lr=budget.lr / 10,
         warmup=max(1, budget.steps // 20), schedule="cosine", weight_decay=0.1, beta2=0.95, clip=1.0,

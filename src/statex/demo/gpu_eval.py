@@ -83,7 +83,7 @@ def evaluate_stage(settings: GPUPreset, stage: _Stage, paths, out: Path, device:
         "niah": lambda m: evaluate({name: m}, ["niah"], tokenizer, lengths=lengths, depths=depths,
                                  niah_variants=[1, 2], haystack=str(paths["haystack"]), **common),
         "mqar": lambda m: evaluate({name: m}, ["mqar"], tokenizer, pairs=list(settings.eval_pairs),
-                                 mqar_lengths=lengths, **common),
+                                 mqar_lengths=lengths, mqar_keys=settings.mqar_keys, **common),
         "ppl": lambda m: evaluate({name: m}, ["ppl"], tokenizer, ppl_file=str(paths["heldout"]),
                                 lengths=[settings.heldout_length], **{**common, "n": settings.heldout_windows}),
     }

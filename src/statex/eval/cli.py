@@ -19,7 +19,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
     tasks = [t for t in (args.tasks or "").split(",") if t]
     options = dict(
         lengths=int_list(args.lengths, parse_length), depths=int_list(args.depths, float),
-        pairs=int_list(args.pairs), mqar_lengths=int_list(args.mqar_lengths, parse_length),
+        pairs=int_list(args.pairs), mqar_lengths=int_list(args.mqar_lengths, parse_length), mqar_keys=args.mqar_keys,
         niah_variants=int_list(args.niah_variants), niah_keys=args.niah_keys, haystack=args.haystack,
         recall_files=[f for f in (args.recall_files or "").split(",") if f] or None,
         qa_max_tokens=args.qa_max_tokens, ppl_file=args.ppl_file, icl_file=args.icl_file,
@@ -68,6 +68,9 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--depths", help="needle depths in [0, 1], e.g. 0,0.25,0.5,0.75,1")
     p.add_argument("--pairs", help="MQAR key-value pairs, e.g. 8,16,32,64")
     p.add_argument("--mqar-lengths", help="MQAR sequence lengths (default: --lengths, else 256,512)")
+    p.add_argument("--mqar-keys", type=int, help="MQAR keys from ids [1, 1+N), values from the next N (as the "
+                                                  "training's synthetic mqar `keys: N`; default: half the "
+                                                  "vocabulary each)")
     p.add_argument("--niah-variants", help="RULER single-needle variants: 1 (repeated noise), 2 (essay: needs "
                                            "--haystack), 3 (UUID values); default 1")
     p.add_argument("--niah-keys", type=int, help="needles with distinct keys (multi-key NIAH); default 1")

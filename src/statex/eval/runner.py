@@ -51,6 +51,8 @@ def check_request(tasks: list[str], n: int = 20, batch_size: int = 8, prefill_ch
     variants = options.get("niah_variants") or ()
     if any(v not in (1, 2, 3) for v in variants):
         raise StatexError(f"--niah-variants: choose from 1, 2, 3 (got {', '.join(map(str, variants))})")
+    if options.get("mqar_keys") is not None and options["mqar_keys"] < 1:
+        raise StatexError(f"--mqar-keys must be >= 1, got {options['mqar_keys']}")
     if (options.get("niah_keys") or 1) < 1:
         raise StatexError(f"--niah-keys must be >= 1, got {options['niah_keys']}")
     if "niah" in tasks and 2 in variants and not options.get("haystack"):
@@ -74,17 +76,17 @@ def check_tokenizer(tasks: list[str], tokenizer, **options: Any) -> None:
 
     lengths = options.get("mqar_lengths") or options.get("lengths") or mqar.DEFAULT_LENGTHS
     fitting = [p for p in options.get("pairs") or mqar.DEFAULT_PAIRS if 4 * p <= max(lengths)]
-    keys = mqar.spec_for(tokenizer).num_keys
+    keys = mqar.spec_for(tokenizer, options.get("mqar_keys")).num_keys
     if fitting and max(fitting) > keys:
+        where = f"--mqar-keys {keys}" if options.get("mqar_keys") else "the lower half of the vocabulary"
         raise StatexError(f"--pairs {max(fitting)}: MQAR needs {max(fitting)} distinct keys, but this tokenizer "
-                          f"({tokenizer.vocab_size} tokens) gives {keys} (the lower half of the vocabulary); use "
-                          "fewer pairs or a larger tokenizer")
+                          f"({tokenizer.vocab_size} tokens) gives {keys} ({where}); use fewer pairs or more keys")
 
 
 def evaluate(models: dict[str, Any], tasks: list[str], tokenizer, seed: int = 0, n: int = 20, batch_size: int = 8,
              prefill_chunk: int = 2048, progress: bool = True, **options: Any) -> list[Record]:
     """``models``: name -> model (anything with ``__call__``/``generate`` like ``CausalLM``).
-    ``options``: lengths, depths, pairs, mqar_lengths, niah_variants, niah_keys, haystack, recall_files,
+    ``options``: lengths, depths, pairs, mqar_lengths, mqar_keys, niah_variants, niah_keys, haystack, recall_files,
     qa_max_tokens, ppl_file, icl_file, shots."""
     check_request(tasks, n=n, batch_size=batch_size, prefill_chunk=prefill_chunk, **options)
     check_tokenizer(tasks, tokenizer, **options)

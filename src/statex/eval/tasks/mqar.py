@@ -5,20 +5,25 @@ from __future__ import annotations
 import torch
 
 from statex.data.synthetic import MQARSpec, mqar_sequence
+from statex.errors import StatexError
 from statex.eval.common import EvalContext, Record, stable_seed, token_logprobs
 
 DEFAULT_LENGTHS = (256, 512)
 DEFAULT_PAIRS = (8, 16, 32, 64)
 
 
-def spec_for(tokenizer) -> MQARSpec:
-    """The same key / value split the trainer's synthetic MQAR uses (``MQARSpec.for_tokenizer``)."""
-    return MQARSpec.for_tokenizer(tokenizer)
+def spec_for(tokenizer, keys: int | None = None) -> MQARSpec:
+    """The same key / value split the trainer's synthetic MQAR uses (``MQARSpec.for_tokenizer``; ``keys`` as
+    a synthetic source's ``keys``: evaluate a model on the key range it was trained on)."""
+    try:
+        return MQARSpec.for_tokenizer(tokenizer, keys=keys)
+    except ValueError as exc:
+        raise StatexError(f"--mqar-keys: {exc}") from None
 
 
-def generate_examples(tokenizer, length: int, pairs: int, n: int, seed: int):
+def generate_examples(tokenizer, length: int, pairs: int, n: int, seed: int, keys: int | None = None):
     gen = torch.Generator().manual_seed(stable_seed(seed, length, pairs, "mqar"))
-    spec = spec_for(tokenizer)
+    spec = spec_for(tokenizer, keys)
     return [mqar_sequence(gen, length, pairs, spec) for _ in range(n)]
 
 
@@ -37,7 +42,7 @@ def run(ctx: EvalContext) -> list[Record]:
     cells = [(length, pairs) for length in lengths for pairs in pairs_grid if 4 * pairs <= length]
     bar = ctx.bar(len(cells) * ctx.n, "mqar")
     for length, pairs in cells:
-        examples = generate_examples(ctx.tokenizer, length, pairs, ctx.n, ctx.seed)
+        examples = generate_examples(ctx.tokenizer, length, pairs, ctx.n, ctx.seed, ctx.options.get("mqar_keys"))
         correct = total = 0
         for start in range(0, len(examples), ctx.batch_size):
             batch = examples[start:start + ctx.batch_size]
