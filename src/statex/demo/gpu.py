@@ -102,11 +102,12 @@ def _preset(name: str) -> GPUPreset:
               "mamba2": dict(d_model=512, n_layer=12, d_state=64, headdim=64)}
     expand = {"gla": "every:4", "mamba2": "every:6"}  # layers 0, 4 of 8 / 0, 6 of 12: a quarter / a sixth
     # Measured on an H200 (--budget call, docs/results.md): GLA pretraining 0.11 s per step, post-training 0.10 s,
-    # evaluation of the call grid 43-91 s per model. So the lease's GLA stages take about 4.4 + 3 x 0.7 min and
-    # its evaluation grid stays near the call's (a grid of 32 examples x 5 depths x 5 pair counts would take
-    # longer than all the training); Mamba2's step times at this size are not yet measured.
+    # evaluation of the call grid 43-91 s per model (about 19 s of it tokenization since removed). So the
+    # lease's GLA stages take about 5.5 + 3 x 0.7 min (3,000 x 64 = 192K pretraining sequences, as many as the
+    # CPU miniature's base needed to learn MQAR) and its evaluation grid stays near the call's (32 examples x 5
+    # depths x 5 pair counts would take longer than all the training); Mamba2's step times are not yet measured.
     if name == "lease":
-        return GPUPreset(name, 8192, models, *_budgets({"gla": 2400, "mamba2": 1500}, {"gla": 400, "mamba2": 250}),
+        return GPUPreset(name, 8192, models, *_budgets({"gla": 3000, "mamba2": 1500}, {"gla": 400, "mamba2": 250}),
                          expand, eval_depths=(0.0, 0.5, 1.0), eval_pairs=(16, 64, 256), eval_n=8)
     if name == "call":
         return GPUPreset(name, 8192, models, *_budgets({"gla": 500, "mamba2": 300}, {"gla": 80, "mamba2": 50}),
