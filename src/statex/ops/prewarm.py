@@ -52,6 +52,7 @@ class Workload:
     train: bool = False  # forward + backward (bf16 autocast when precision is bf16)
     forward: bool = False  # forward without grad (evaluation, prefill)
     decode_batch: int = 0  # > 0: one decoding step at this batch
+    carried_state: bool = False  # forward: also a piece from a carried state (evaluation, prefill in pieces)
     precision: str = "bf16"  # fp32 | bf16 | pure-bf16 (as the trainer's precision)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -124,19 +125,20 @@ def run_workload(work: Workload) -> None:
         model.zero_grad(set_to_none=True)
     model.eval()
     with torch.no_grad(), autocast:
-        inference_passes(model, ids, work.forward, work.decode_batch)
+        inference_passes(model, ids, work.forward, work.decode_batch, work.carried_state)
     torch.cuda.synchronize()
 
 
-def inference_passes(model, ids, forward: bool, decode_batch: int) -> None:
+def inference_passes(model, ids, forward: bool, decode_batch: int, carried_state: bool = True) -> None:
     """The forward passes of evaluation and generation, on ``ids`` [B, T]: a prompt's first piece (no initial
-    state) and a later piece (the state carried in; the kernels take an initial state only then, and Triton
-    compiles that variant separately: evaluation's 4,096-token prompts read in 2,048-token pieces compiled it
-    themselves, one candidate after another, before this pass existed), then a decoding step at
-    ``decode_batch`` rows."""
+    state) and, with ``carried_state``, a later piece (the state carried in; the kernels take an initial state
+    only then, and Triton compiles that variant separately: evaluation's 4,096-token prompts read in
+    2,048-token pieces compiled it themselves, one candidate after another, before this pass existed), then a
+    decoding step at ``decode_batch`` rows. Training never carries a state, so its workloads skip that piece."""
     if forward:
         first = model(ids, use_cache=True)
-        model(ids, state=first.state, use_cache=True)
+        if carried_state:
+            model(ids, state=first.state, use_cache=True)
     if decode_batch:
         out = model(ids[:decode_batch, :16], use_cache=True)
         model(out.logits[:, -1:].argmax(-1), state=out.state)
@@ -148,15 +150,17 @@ def forward_workloads(model: dict[str, Any], batch: int, seq_len: int, decode: b
     variants for integer arguments (row counts, lengths) divisible by 16 and for the others, so one workload at
     a length divisible by 16 (with the decoding step) and one at a length that is not."""
     aligned = max(32, seq_len - seq_len % 16)
-    return [Workload(model, batch, aligned, forward=True, decode_batch=batch if decode else 0, precision=precision),
-            Workload(model, batch, aligned - 1, forward=True, precision=precision)]
+    return [Workload(model, batch, aligned, forward=True, decode_batch=batch if decode else 0, precision=precision,
+                     carried_state=True),
+            Workload(model, batch, aligned - 1, forward=True, precision=precision, carried_state=True)]
 
 
 def _marker(work: Workload) -> Path:
     return autotune.triton_cache_dir() / "statex-prewarm" / f"{work.key()}.json"
 
 
-def _entries(cache: Path) -> int:
+def cache_entries(cache: Path) -> int:
+    """Entries of a Triton cache directory (one per compiled kernel variant or stored tuning result)."""
     return sum(1 for _ in cache.iterdir()) if cache.is_dir() else 0
 
 
@@ -207,7 +211,7 @@ class Prewarm:
         self.works, self.workers, self.progress = works, workers, progress
         self.cache = autotune.triton_cache_dir()
         self.cache.mkdir(parents=True, exist_ok=True)
-        self.before, self.logs = _entries(self.cache), self.cache / "statex-prewarm" / "logs"
+        self.before, self.logs = cache_entries(self.cache), self.cache / "statex-prewarm" / "logs"
         self._tmp = tempfile.TemporaryDirectory(prefix="statex-prewarm-")  # the spec, read by every worker
         spec = Path(self._tmp.name) / "workload.json"
         spec.write_text(json.dumps([asdict(work) for work in works]))
@@ -229,7 +233,7 @@ class Prewarm:
         def report(running: int, elapsed: float) -> None:
             if self.progress:
                 print(f"[autotune] compiling Triton kernels: {running}/{self.workers} workers, "
-                      f"{_entries(self.cache) - self.before} new cache entries, {elapsed:.0f} s", flush=True)
+                      f"{cache_entries(self.cache) - self.before} new cache entries, {elapsed:.0f} s", flush=True)
 
         try:
             _import_kernels()
@@ -241,7 +245,7 @@ class Prewarm:
                   if code not in (0, None)]
         summary = {"skipped": False, "workers": self.workers,
                    "seconds": round(time.time() - self.processes.started, 1),
-                   "new_cache_entries": _entries(self.cache) - self.before, "stopped": len(stopped),
+                   "new_cache_entries": cache_entries(self.cache) - self.before, "stopped": len(stopped),
                    "failed": len(failed)}
         if failed:
             print(f"[autotune] {len(failed)} prewarm worker(s) failed; the run compiles what they left. Last lines "
