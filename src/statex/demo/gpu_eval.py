@@ -38,11 +38,10 @@ class _PartTimer:
 
             self.cache = triton_cache_dir()
 
-    def _entries(self) -> int:
-        return sum(1 for _ in self.cache.glob("*/*.json")) if self.cache and self.cache.is_dir() else 0
-
     def run(self, part: str, work, *args):
-        begun, entries = time.time(), self._entries()
+        from statex.ops.prewarm import cache_entries
+
+        begun, entries = time.time(), cache_entries(self.cache) if self.cache else 0
         result = work(*args)
         if self.cache is not None:
             import torch
@@ -50,7 +49,7 @@ class _PartTimer:
             torch.cuda.synchronize()
         self.parts[part] = {"seconds": round(time.time() - begun, 1)}
         if self.cache is not None:
-            self.parts[part]["new_cache_entries"] = self._entries() - entries
+            self.parts[part]["new_cache_entries"] = cache_entries(self.cache) - entries
         return result
 
 

@@ -64,9 +64,9 @@ def encode_haystack(tokenizer, text: str) -> list[int]:
 
 
 def build_prompt(tokenizer, length: int, needles: list[tuple[float, str]], suffix: str,
-                 haystack: str | list[int] | None):
-    """``haystack``: None (the repeated noise sentence), text, or its token ids (encoding a long text once per
-    prompt was half the task's time)."""
+                 haystack: list[int] | None):
+    """``haystack``: None (the repeated noise sentence) or a text's token ids (encoded once by the caller:
+    encoding a long text once per prompt was half the task's time)."""
     prefix, tail = tokenizer.encode(PREFIX), tokenizer.encode(suffix)
     needle_ids = [(d, tokenizer.encode(text)) for d, text in needles]
     budget = max(0, length - len(prefix) - len(tail) - sum(len(n) for _, n in needle_ids))
@@ -74,7 +74,7 @@ def build_prompt(tokenizer, length: int, needles: list[tuple[float, str]], suffi
         unit = tokenizer.encode(NOISE)
         sentences = [unit] * max(1, -(-budget // len(unit)))
     else:
-        text_ids = encode_haystack(tokenizer, haystack) if isinstance(haystack, str) else list(haystack)
+        text_ids = haystack
         while len(text_ids) < budget:
             text_ids = text_ids + text_ids
         sentences = [[t] for t in text_ids[:budget]]
