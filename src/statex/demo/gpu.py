@@ -66,7 +66,8 @@ class GPUPreset:
     mqar_weight: float = 1.0
     mqar_keys: int | None = None  # MQAR keys / values from N ids each instead of half the vocabulary each
     # (training and evaluation alike); a 256-key range gave the only sign of recall in a CPU pilot
-    # (experiments/pilot-recall-keys/), not yet tried at this scale
+    # (experiments/pilot-recall-keys/), so ``lease`` uses it: with half the vocabulary (4,095 keys) the 31.6M
+    # GLA of the first H200 run (``call``, 16M tokens) learned no recall at all
     passkey_weight: float = 0.1
     eval_lengths: tuple[int, ...] = (512, 1024, 2048, 4096)
     eval_depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -108,7 +109,7 @@ def _preset(name: str) -> GPUPreset:
     # depths x 5 pair counts would take longer than all the training); Mamba2's step times are not yet measured.
     if name == "lease":
         return GPUPreset(name, 8192, models, *_budgets({"gla": 3000, "mamba2": 1500}, {"gla": 400, "mamba2": 250}),
-                         expand, eval_depths=(0.0, 0.5, 1.0), eval_pairs=(16, 64, 256), eval_n=8)
+                         expand, eval_depths=(0.0, 0.5, 1.0), eval_pairs=(16, 64, 256), eval_n=8, mqar_keys=256)
     if name == "call":
         return GPUPreset(name, 8192, models, *_budgets({"gla": 500, "mamba2": 300}, {"gla": 80, "mamba2": 50}),
                          expand, eval_lengths=(512, 1024, 2048, 4096), eval_depths=(0.0, 0.5, 1.0),
