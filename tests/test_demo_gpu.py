@@ -184,4 +184,5 @@ def test_an_mqar_key_range_reaches_training_and_evaluation(tmp_path, corpus, mon
     gpu.run_gpu_demo(tmp_path / "o", corpus, "tiny", ["gla"], progress=False, device="cpu")
     config = json.loads((tmp_path / "o" / "gla" / "lpt" / "run" / "train_config.json").read_text())
     assert [s.get("keys") for s in config["synthetic"] if s["kind"] == "mqar"] == [40]
+    assert config["loss_average"] == "sequences"  # the answers-only synthetic sequences are not drowned by text
     assert asked and set(asked) == {40}

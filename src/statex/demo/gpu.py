@@ -69,10 +69,17 @@ class GPUPreset:
     # (experiments/pilot-recall-keys/), so ``lease`` uses it: with half the vocabulary (4,095 keys) the 31.6M
     # GLA of the first H200 run (``call``, 16M tokens) learned no recall at all
     passkey_weight: float = 0.1
+    # Every sequence counts equally in the loss (the CPU demo's setting). Averaged over labelled tokens instead
+    # (the trainer's default, which the first two H200 runs used), the fully labelled text sequences outweigh
+    # the synthetic ones, which label only their answers: at 64 x 512 with the weights above MQAR got about 6%
+    # of the loss and passkey under 0.1%, and no base learned passkey at all (docs/results.md).
+    loss_average: str = "sequences"
     eval_lengths: tuple[int, ...] = (512, 1024, 2048, 4096)
     eval_depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     eval_pairs: tuple[int, ...] = (16, 32, 64, 128, 256)
     eval_n: int = 32  # examples per cell
+    mqar_n: int | None = None  # MQAR sequences per cell (None: eval_n); MQAR is one forward pass per batch, no
+    # decoding, so on the H200 a cell costs a fraction of a passkey or NIAH cell (stages.json's eval parts)
     heldout_length: int = 4096  # held-out perplexity: windows of this many tokens
     heldout_windows: int = 64  # ... the first this many of the held-out text (262K tokens)
     capacity_threshold: float = 0.9  # MQAR cells where the base scores below this are "past its capacity"
@@ -102,14 +109,17 @@ def _preset(name: str) -> GPUPreset:
     models = {"gla": dict(d_model=512, n_layer=8, num_heads=4, use_short_conv=True, tie_embeddings=True),
               "mamba2": dict(d_model=512, n_layer=12, d_state=64, headdim=64)}
     expand = {"gla": "every:4", "mamba2": "every:6"}  # layers 0, 4 of 8 / 0, 6 of 12: a quarter / a sixth
-    # Measured on an H200 (--budget call, docs/results.md): GLA pretraining 0.11 s per step, post-training 0.10 s,
-    # evaluation of the call grid 43-91 s per model (about 19 s of it tokenization since removed). So the
-    # lease's GLA stages take about 5.5 + 3 x 0.7 min (3,000 x 64 = 192K pretraining sequences, as many as the
-    # CPU miniature's base needed to learn MQAR) and its evaluation grid stays near the call's (32 examples x 5
-    # depths x 5 pair counts would take longer than all the training); Mamba2's step times are not yet measured.
+    # Measured on an H200 (the first lease, docs/results.md): the whole lease ran in 17.5 min of demo time:
+    # prewarm 2.7 min; GLA pretraining 3,000 steps in 5.2 min (3,000 x 64 = 192K sequences, as many as the CPU
+    # miniature's base needed to learn MQAR), post-training 0.10 s per step; Mamba2 pretraining 1,500 steps in
+    # 3.8 min, post-training 0.15-0.19 s per step; evaluation 7-14 s per model (MQAR under 1 s of it). So the
+    # post-training stages, where StateX and LPT differ, take most of the rest of a lease: about 3 x 1.7 +
+    # 3 x 1.5 min, 24 min in all.
     if name == "lease":
-        return GPUPreset(name, 8192, models, *_budgets({"gla": 3000, "mamba2": 1500}, {"gla": 400, "mamba2": 250}),
-                         expand, eval_depths=(0.0, 0.5, 1.0), eval_pairs=(16, 64, 256), eval_n=8, mqar_keys=256)
+        return GPUPreset(name, 8192, models, *_budgets({"gla": 3000, "mamba2": 1500}, {"gla": 900, "mamba2": 500},
+                                                       post=(2048, 16, 1e-3)),
+                         expand, eval_depths=(0.0, 0.5, 1.0), eval_pairs=(16, 32, 64, 128, 256), eval_n=8, mqar_n=64,
+                         mqar_keys=256)
     if name == "call":
         return GPUPreset(name, 8192, models, *_budgets({"gla": 500, "mamba2": 300}, {"gla": 80, "mamba2": 50}),
                          expand, eval_lengths=(512, 1024, 2048, 4096), eval_depths=(0.0, 0.5, 1.0),
@@ -173,7 +183,7 @@ def _train_options(settings: GPUPreset, stage: _Stage, budget: StageBudget, pair
         synthetic=[{"kind": "mqar", "weight": settings.mqar_weight, "num_pairs": list(pairs),
                     **({"keys": settings.mqar_keys} if settings.mqar_keys else {})},
                    {"kind": "passkey", "weight": settings.passkey_weight}],
-        seq_len=budget.seq_len, batch_size=budget.batch, steps=budget.steps, lr=budget.lr, min_lr=budget.lr / 10,
+        loss_average=settings.loss_average, seq_len=budget.seq_len, batch_size=budget.batch, steps=budget.steps, lr=budget.lr, min_lr=budget.lr / 10,
         warmup=max(1, budget.steps // 20), schedule="cosine", weight_decay=0.1, beta2=0.95, clip=1.0,
         seed=settings.seed, out=str(stage.directory / "run"), save_every=max(1, budget.steps // 4), keep=1,
         log_every=max(1, budget.steps // 50), heldout_sequences=16, progress=True, resume=resume,

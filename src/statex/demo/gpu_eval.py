@@ -82,7 +82,8 @@ def evaluate_stage(settings: GPUPreset, stage: _Stage, paths, out: Path, device:
         "niah": lambda m: evaluate({name: m}, ["niah"], tokenizer, lengths=lengths, depths=depths,
                                  niah_variants=[1, 2], haystack=str(paths["haystack"]), **common),
         "mqar": lambda m: evaluate({name: m}, ["mqar"], tokenizer, pairs=list(settings.eval_pairs),
-                                 mqar_lengths=lengths, mqar_keys=settings.mqar_keys, **common),
+                                 mqar_lengths=lengths, mqar_keys=settings.mqar_keys,
+                                 **{**common, "n": settings.mqar_n or settings.eval_n}),
         "ppl": lambda m: evaluate({name: m}, ["ppl"], tokenizer, ppl_file=str(paths["heldout"]),
                                 lengths=[settings.heldout_length], **{**common, "n": settings.heldout_windows}),
     }

@@ -97,7 +97,8 @@ def _family_section(records, family: str, settings, timings: dict, plots: dict[s
                      + f" | {train.get('tokens_per_s') or '-'} | {_number(train.get('seconds', float('nan')) / 60, 1)}"
                      f" | {_number(evaluation.get('seconds', float('nan')) / 60, 1)} |")
     base = _mqar(records, family, "base")
-    lines += ["", f"MQAR accuracy per cell ({settings.eval_n} sequences each; * = past the base's capacity):", "",
+    per_cell = settings.mqar_n or settings.eval_n
+    lines += ["", f"MQAR accuracy per cell ({per_cell} sequences each; * = past the base's capacity):", "",
               "| length | pairs | " + " | ".join(variants) + " |", "|---|---|" + "---|" * len(variants)]
     for cell in sorted(base):
         mark = "*" if base[cell] < settings.capacity_threshold else ""

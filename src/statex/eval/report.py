@@ -74,20 +74,25 @@ def make_plots(records: list[Record], out: Path) -> dict[str, Path]:
         fig.suptitle(task)
         written[f"{task}_heatmap"] = _save(fig, out / f"{task}_heatmap.png")
     mqar = [r for r in records if r.task == "mqar"]
-    if mqar:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for model in models:
-            for length in sorted({r.params["length"] for r in mqar if r.model == model}):
+    if mqar:  # one panel per length, one colour per model (the same in every panel)
+        lengths = sorted({r.params["length"] for r in mqar})
+        fig, axes = plt.subplots(1, len(lengths), figsize=(3.2 * len(lengths) + 1, 3.4), squeeze=False,
+                                 sharey=True)
+        colours = {model: f"C{i % 10}" for i, model in enumerate(models)}
+        for ax, length in zip(axes[0], lengths):
+            for model in models:
                 rows = sorted((r for r in mqar if r.model == model and r.params["length"] == length),
                               key=lambda r: r.params["pairs"])
-                ax.plot([r.params["pairs"] for r in rows], [r.value for r in rows], marker="o",
-                        label=f"{model} T={length}")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("key-value pairs")
-        ax.set_ylabel("accuracy")
-        ax.set_ylim(0, 1.02)
-        ax.legend(fontsize=7)
-        ax.set_title("MQAR")
+                if rows:
+                    ax.plot([r.params["pairs"] for r in rows], [r.value for r in rows], marker="o",
+                            color=colours[model], label=model)
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("key-value pairs")
+            ax.set_title(f"T = {length}", fontsize=9)
+            ax.set_ylim(0, 1.02)
+        axes[0][0].set_ylabel("accuracy")
+        axes[0][-1].legend(fontsize=7)
+        fig.suptitle("MQAR")
         written["mqar"] = _save(fig, out / "mqar_accuracy.png")
     ppl = [r for r in records if r.task == "ppl" and "start" in r.params]
     if ppl:
