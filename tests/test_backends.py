@@ -144,7 +144,7 @@ def test_a_failing_fast_kernel_falls_back_once_with_a_warning(monkeypatch):
         assert backends._try_fla("op", (1, 2), broken, lambda: "torch") == "torch"
         assert backends._try_fla("op", (1, 2), broken, lambda: "torch") == "torch"
     assert len(calls) == 1  # the shape is remembered: no second attempt
-    assert len([w for w in caught if "using the pure-torch path" in str(w.message)]) == 1
+    assert len([w for w in caught if "using the fallback path" in str(w.message)]) == 1
     monkeypatch.setattr(backends, "_backend", "fla")  # an explicit request for fla never hides its errors
     with pytest.raises(RuntimeError, match="no kernel"):
         backends._try_fla("op", (3,), broken, lambda: "torch")
@@ -228,3 +228,30 @@ def test_gla_chunk_fast_path_plumbing_with_a_stand_in_kernel(monkeypatch, with_s
         results.append([o, final, *grads([o, final], leaves, weights)])
     for a, b in zip(*results):  # fla's states are fp32 (the path casts the initial state): fp32-level agreement
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+# ---- the choice of SSD kernel (STATEX_SSD); the kernels themselves: tests/test_ssd_triton.py -------------------
+
+
+def test_own_ssd_kernel_supported_shapes():
+    from statex.ops.ssd.triton_chunk import supports  # imports no Triton until it runs
+
+    x, B = torch.empty(1, 4, 8, 64), torch.empty(1, 4, 1, 128)
+    assert supports(x, B)
+    assert not supports(torch.empty(1, 4, 8, 48), B)  # head dimension not a power of two
+    assert not supports(torch.empty(1, 4, 8, 256), B)  # head dimension above 128
+    assert not supports(x, torch.empty(1, 4, 3, 128))  # heads not a multiple of groups
+
+
+def test_the_ssd_kernel_choice_is_checked_and_cpu_tensors_stay_on_torch(monkeypatch):
+    with pytest.raises(ValueError, match="unknown SSD kernel"):
+        backends.set_ssd_kernel("cuda")
+    monkeypatch.setattr(backends, "_ssd_kernel", "triton")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 40, 2, 16, generator=g)
+    B, C = torch.randn(1, 40, 1, 16, generator=g), torch.randn(1, 40, 1, 16, generator=g)
+    dt, A, D = torch.rand(1, 40, 2, generator=g), -torch.rand(2, generator=g), torch.randn(2, generator=g)
+    h0 = torch.randn(1, 2, 16, 16, generator=g)
+    y, final = backends.ssd_chunk(x, dt, A, B, C, D, h0)
+    y_ref, final_ref = chunk_ssd(x, dt, A, B, C, D, initial_state=h0)
+    assert torch.equal(y, y_ref) and torch.equal(final, final_ref)  # CPU tensors: the torch path itself

@@ -33,8 +33,9 @@ def test_layer_and_model_targets_are_judged_from_the_numbers():
 
 
 def test_case_plan_runs_one_process_per_case_and_filters():
-    assert gpu_bench.plan(["peak", "model"]) == [("peak", "bf16-matmul"), ("model", "gla:original"),
-                                                 ("model", "gla:statex")]
+    assert gpu_bench.plan(["peak", "model"])[:3] == [("peak", "bf16-matmul"), ("model", "gla:original"),
+                                                     ("model", "gla:statex")]
+    assert ("model", "mamba2:statex@own-ssd") in gpu_bench.plan(["model"])
     assert gpu_bench.plan(["layers", "decode"], ["fla-gla", "mamba2:statex"]) == [
         ("layers", "fla-gla"), ("decode", "mamba2:statex")]
 
@@ -45,3 +46,20 @@ def test_model_flops_count_the_expanded_recurrence():
     merged = gpu_bench.kernel_flops_per_token(1, 1024, 2048)
     assert original == 3 * 4 * (2 * 64 * 768 + 4 * 256 * 512)
     assert merged - 3 * 2 * 64 * 3072 == 4 * (original - 3 * 4 * 2 * 64 * 768)
+
+
+def test_own_ssd_targets_are_judged_per_65k_tokens_and_against_the_original_layer():
+    records = [layer("statex-mamba2@own-ssd", 2048, 0.035), layer("statex-mamba2@own-ssd", 65536, 0.045),
+               layer("statex-mamba2-statex@own-ssd", 2048, 0.05, flops=123.0, kernel=40.0),
+               layer("statex-mamba2", 2048, 0.09),
+               {"part": "model", "name": "mamba2:original@own-ssd", "T": 2048, "batch": 8, "seconds": 1.0,
+                "tokens_per_s": 1000.0, "peak_gib": 1.0, "tflops": 1.0},
+               {"part": "model", "name": "mamba2:statex@own-ssd", "T": 2048, "batch": 8, "seconds": 1.1,
+                "tokens_per_s": 900.0, "peak_gib": 1.0, "tflops": 1.0}]
+    text = gpu_bench.tables(records)
+    # batch 1 x 2048 tokens in 35 ms is 1,120 ms per 65,536 tokens; 65,536 tokens in 45 ms misses 40 ms
+    assert "T=2048: statex-mamba2@own-ssd 1120.0 ms per 65,536 tokens (target <= 40 ms: MISSED)" in text
+    assert "T=65536: statex-mamba2@own-ssd 45.0 ms per 65,536 tokens (target <= 40 ms: MISSED)" in text
+    assert "time x1.43, layer FLOPs x1.23 (recurrence FLOPs x4.00) (target <= 1.60: met)" in text
+    assert "T=2048: own SSD / chunk_gla layer time = 0.39" in text
+    assert "Mamba2-1.3B every:8, own SSD throughput = 90.0% of the unexpanded model's (target >= 85%: met)" in text

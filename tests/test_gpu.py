@@ -96,7 +96,11 @@ SSD_SHAPES = {  # (heads, headdim, ngroups, d_state)
 @pytest.mark.parametrize("length", [300, 1000])
 @pytest.mark.parametrize("with_state", [False, True])
 def test_ssd_chunk_fast_path_matches_torch(shape, length, with_state):
-    H, P, G, N = SSD_SHAPES[shape]
+    _ssd_check(SSD_SHAPES[shape], length, with_state)
+
+
+def _ssd_check(shape, length, with_state):
+    H, P, G, N = shape
     B, dev = 2, "cuda"
     x = torch.randn(B, length, H, P, device=dev)
     dt = F.softplus(torch.randn(B, length, H, device=dev) - 3)
@@ -110,7 +114,7 @@ def test_ssd_chunk_fast_path_matches_torch(shape, length, with_state):
 
     # dt, A, D and states stay fp32, as in the mixer
     errors, noise = run_both(fn, inputs, float_args=(1, 2, 5, 6), noise=True)
-    print(shape, length, with_state, "errors", errors, "input-rounding noise", noise)
+    print(shape, length, with_state, backends._ssd_kernel, "errors", errors, "input-rounding noise", noise)
     # The gradient of A (grad2) is one number per head summed over batch x length x d_state terms of both
     # signs: cancellation makes its relative error large even when every term is accurate. It is held to
     # the error that rounding the inputs to bf16 causes in the fp32 reference itself (x3); all else to 1e-2.
@@ -200,7 +204,10 @@ def small_model(family: str, expanded: bool):
 @pytest.mark.parametrize("family", ["gla", "mamba2"])
 @pytest.mark.parametrize("expanded", [False, True])
 def test_generation_fast_path_equals_torch_path(family, expanded):
-    model = small_model(family, expanded)
+    _generation_matches_torch_path(small_model(family, expanded))
+
+
+def _generation_matches_torch_path(model):
     prompt = torch.randint(0, 300, (2, 100), generator=torch.Generator().manual_seed(1)).cuda()
     outputs, logits = {}, {}
     for name in ("fla", "torch"):
@@ -225,3 +232,28 @@ def test_cuda_graph_generation_equals_eager(family, expanded):
     default = model.generate(prompt, max_new_tokens=24)  # graphed by default on CUDA with fla
     assert torch.equal(graphed, eager)
     assert torch.equal(default, eager)
+
+
+# ---- statex's own Triton SSD (STATEX_SSD=triton; issue [ssd-kernel]) ----------------------------------------------
+
+OWN_SSD_SHAPES = {  # (heads, headdim, ngroups, d_state)
+    "mamba2-1.3b": (8, 64, 1, 128),
+    "mamba2-1.3b-statex": (8, 64, 1, 512),
+    "groups-8": (16, 64, 8, 128),
+    "groups-8-statex": (16, 64, 8, 512),
+}
+
+
+@pytest.mark.parametrize("shape", list(OWN_SSD_SHAPES))
+@pytest.mark.parametrize("length", [300, 1000])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_own_ssd_kernel_matches_torch(shape, length, with_state, monkeypatch):
+    monkeypatch.setattr(backends, "_ssd_kernel", "triton")
+    monkeypatch.setattr(backends, "_failed", set())  # run_both's backend "fla" makes a kernel failure raise
+    _ssd_check(OWN_SSD_SHAPES[shape], length, with_state)
+
+
+def test_own_ssd_kernel_generation_equals_torch_path(monkeypatch):
+    monkeypatch.setattr(backends, "_ssd_kernel", "triton")
+    for expanded in (False, True):
+        _generation_matches_torch_path(small_model("mamba2", expanded))

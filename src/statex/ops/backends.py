@@ -17,6 +17,11 @@ Fast path (CUDA, flash-linear-attention installed, ``pip install 'statex[gpu]'``
   (with the merged head's scale). fla's kernels are tuned for heads up to 256 x 512, and a single 1024 x 2048
   head did not compile within minutes there.
 
+Mamba2 SSD in the project's own Triton kernels (``statex.ops.ssd.triton_chunk``: scalar decay, C B^T once per
+group, forward and backward) instead of ``chunk_gla``: ``STATEX_SSD=triton`` (or ``set_ssd_kernel``). Opt-in for
+now: its kernels are tested against the torch path under Triton's CPU interpreter, not yet on a GPU. Shapes it
+does not support, or that fail, run on the default path with a one-time warning.
+
 Selection: ``STATEX_BACKEND`` = ``auto`` (default: fla on CUDA when importable), ``torch`` (always the
 pure-torch ops) or ``fla`` (fla on CUDA, an error if it is missing); ``set_backend`` does the same in code.
 fp64 inputs, CPU tensors and anything fla raises on in the forward pass run on torch; on CUDA each such
@@ -41,6 +46,8 @@ MAX_VALUE_BLOCK = 512
 MIN_BLOCK = 16
 
 _backend = os.environ.get("STATEX_BACKEND", "auto")
+SSD_KERNELS = ("fla", "triton")
+_ssd_kernel = os.environ.get("STATEX_SSD", "fla")
 _fla: dict | None = None  # fla's functions by role ("chunk", "step", "norm_then_gate", "grouped_norm"), or {}
 _fla_error = [""]  # why fla could not be imported
 _warned: set[str] = set()  # keys of the one-time warnings already given
@@ -55,6 +62,15 @@ def set_backend(name: str) -> None:
         raise ValueError(f"unknown backend {name!r} (choose from {', '.join(BACKENDS)})")
     global _backend
     _backend = name
+
+
+def set_ssd_kernel(name: str) -> None:
+    """Which kernel runs Mamba2's chunked SSD on CUDA: ``fla`` (chunk_gla, the default) or ``triton`` (statex's
+    own scalar-decay kernels)."""
+    if name not in SSD_KERNELS:
+        raise ValueError(f"unknown SSD kernel {name!r} (choose from {', '.join(SSD_KERNELS)})")
+    global _ssd_kernel
+    _ssd_kernel = name
 
 
 def get_backend() -> str:
@@ -209,8 +225,8 @@ def _try_fla(name: str, shape_key: tuple, call: Callable, fallback: Callable):
         if get_backend() == "fla":
             raise
         _failed.add(key)
-        _warn_once(key, f"fla could not run {name} for shape {shape_key} ({type(exc).__name__}: {exc}); "
-                   "using the pure-torch path for this shape")
+        _warn_once(key, f"{name} failed for shape {shape_key} ({type(exc).__name__}: {exc}); using the "
+                   "fallback path for this shape")
         return fallback()
 
 
@@ -280,10 +296,23 @@ def ssd_chunk(x, dt, A, B, C, D=None, initial_state=None, chunk_size: int = 64):
     def torch_path():
         return torch_chunk_ssd(x, dt, A, B, C, D, initial_state=initial_state, chunk_size=chunk_size)
 
-    if not _wants_fla(x, B, C):
-        return torch_path()
-    return _try_fla("ssd via chunk_gla", tuple(x.shape[2:]) + tuple(B.shape[2:]),
-                    lambda: ssd_as_gla(_fla_chunk, x, dt, A, B, C, D, initial_state), torch_path)
+    def gla_path():
+        if not _wants_fla(x, B, C):
+            return torch_path()
+        return _try_fla("ssd via chunk_gla", tuple(x.shape[2:]) + tuple(B.shape[2:]),
+                        lambda: ssd_as_gla(_fla_chunk, x, dt, A, B, C, D, initial_state), torch_path)
+
+    if _ssd_kernel == "triton" and get_backend() != "torch" and x.is_cuda and x.dtype != torch.float64:
+        from statex.ops.ssd import triton_chunk
+
+        shape = tuple(x.shape[2:]) + tuple(B.shape[2:])
+        if not triton_chunk.supports(x, B):
+            _warn_once(f"ssd-triton-shape:{shape}", f"STATEX_SSD=triton: shape {shape} is not supported (head "
+                       "dimension and d_state powers of two >= 16, head dimension <= 128); using the default path")
+            return gla_path()
+        return _try_fla("ssd (statex triton)", shape, lambda: triton_chunk.chunk_ssd_triton(
+            x, dt, A, B, C, D, initial_state), gla_path)
+    return gla_path()
 
 
 def ssd_step(x, dt, A, B, C, D, state):
