@@ -17,7 +17,9 @@ rows) of one head with its whole head dimension P (a power of two, 16-128) and w
 so CB, a chunk's decay matrix and the [Q, P] accumulators stay in registers for any d_state. Dots take bf16
 operands (fp32 when the inputs are fp32, then without TF32) and accumulate in fp32; decays and states are fp32.
 The exponent of every in-chunk decay is masked to -inf above the diagonal before exp, so strong decay cannot
-overflow.
+overflow. No dot takes the transpose of another dot's result in the same kernel: that pattern is what Triton
+3.6 miscompiles on Hopper (fla issue 640, why fla refuses chunk_simple_gla backward there: issue
+[ssd-kernel]); transposed operands here are always loaded or elementwise products of loaded tensors.
 """
 from __future__ import annotations
 
