@@ -170,19 +170,20 @@ def test_the_bases_start_from_the_presets_init(tmp_path):
         assert (stage.directory / "init" / "model.safetensors").stat().st_mtime_ns == written
 
 
-def test_an_mqar_key_range_reaches_training_and_evaluation(tmp_path, corpus, monkeypatch):
+def test_the_mqar_key_range_and_loss_averaging_reach_training_and_evaluation(tmp_path, corpus, monkeypatch):
     import dataclasses
 
     import statex.demo.gpu as gpu
     from statex.eval.tasks import mqar
 
     tiny = gpu.preset("tiny")
-    monkeypatch.setattr(gpu, "preset", lambda name: dataclasses.replace(tiny, mqar_keys=40))
+    changed = dataclasses.replace(tiny, mqar_keys=40, loss_average="sequences")
+    monkeypatch.setattr(gpu, "preset", lambda name: changed)
     asked = []
     original = mqar.generate_examples
     monkeypatch.setattr(mqar, "generate_examples", lambda *a, **k: asked.append(a[5]) or original(*a, **k))
     gpu.run_gpu_demo(tmp_path / "o", corpus, "tiny", ["gla"], progress=False, device="cpu")
     config = json.loads((tmp_path / "o" / "gla" / "lpt" / "run" / "train_config.json").read_text())
     assert [s.get("keys") for s in config["synthetic"] if s["kind"] == "mqar"] == [40]
-    assert config["loss_average"] == "sequences"  # the answers-only synthetic sequences are not drowned by text
+    assert config["loss_average"] == "sequences"  # the preset's loss averaging reaches every stage
     assert asked and set(asked) == {40}

@@ -69,11 +69,12 @@ class GPUPreset:
     # (experiments/pilot-recall-keys/), so ``lease`` uses it: with half the vocabulary (4,095 keys) the 31.6M
     # GLA of the first H200 run (``call``, 16M tokens) learned no recall at all
     passkey_weight: float = 0.1
-    # Every sequence counts equally in the loss (the CPU demo's setting). Averaged over labelled tokens instead
-    # (the trainer's default, which the first two H200 runs used), the fully labelled text sequences outweigh
-    # the synthetic ones, which label only their answers: at 64 x 512 with the weights above MQAR got about 6%
-    # of the loss and passkey under 0.1%, and no base learned passkey at all (docs/results.md).
-    loss_average: str = "sequences"
+    # How the loss is averaged: "tokens" (over labelled tokens, the trainer's default) or "sequences" (each
+    # sequence equally, the CPU demo's setting). With tokens, the fully labelled text outweighs the synthetic
+    # sequences, which label only their answers: at 64 x 512 with the weights above MQAR gets about 6% of the
+    # loss and passkey under 0.1%. Yet the first lease's bases learned MQAR that way, and a CPU pilot
+    # (experiments/pilot-recall-keys/) learned less with "sequences" (MQAR at chance vs 17x chance): kept.
+    loss_average: str = "tokens"
     eval_lengths: tuple[int, ...] = (512, 1024, 2048, 4096)
     eval_depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     eval_pairs: tuple[int, ...] = (16, 32, 64, 128, 256)
