@@ -105,6 +105,14 @@ def test_oracle_scores_100_percent_and_random_model_near_chance():
     assert sum(r.value for r in random if r.task == "mqar") / 2 < 0.1  # chance is 1/128
 
 
+def test_teacher_forced_passkey_separates_learning_from_generation():
+    oracle = passkey.teacher_forced(OracleLM(), BYTES, "oracle", [200], n=2, seed=0, batch_size=2, chunk=64)
+    assert [(r.task, r.metric, r.params["length"]) for r in oracle] == [("passkey_forced", "token_accuracy", 200)]
+    assert oracle[0].value == 1.0  # the answer is read off the needle, piece by piece of 64 tokens
+    random = passkey.teacher_forced(tiny_model(), BYTES, "random", [200], n=2, seed=0, batch_size=2)
+    assert random[0].value < 0.5
+
+
 def test_every_task_end_to_end_on_a_tiny_model(tmp_path):
     (tmp_path / "swde.jsonl").write_text(json.dumps({"text": "Name: Ann. Age: 31. Age:", "value": "31"}) + "\n")
     (tmp_path / "nq.jsonl").write_text(json.dumps({"context": "Paris is in France", "question": "Where is Paris?",

@@ -59,6 +59,7 @@ def evaluate_stage(settings: GPUPreset, stage: _Stage, paths, out: Path, device:
     family and variant. ``parts``, when given, receives the seconds of each part (_PartTimer)."""
     import statex
     from statex.eval import evaluate
+    from statex.eval.tasks import passkey
 
     timer = _PartTimer(device)
 
@@ -84,6 +85,10 @@ def evaluate_stage(settings: GPUPreset, stage: _Stage, paths, out: Path, device:
         "mqar": lambda m: evaluate({name: m}, ["mqar"], tokenizer, pairs=list(settings.eval_pairs),
                                  mqar_lengths=lengths, mqar_keys=settings.mqar_keys,
                                  **{**common, "n": settings.mqar_n or settings.eval_n}),
+        # the passkey's answer scored teacher-forced (no generation): tells a model that never learned passkey
+        # from a fault in generation, when the task scores zero
+        "passkey_forced": lambda m: passkey.teacher_forced(m, tokenizer, name, lengths, settings.eval_n, 1234,
+                                                           EVAL_BATCH, PREFILL_CHUNK),
         "ppl": lambda m: evaluate({name: m}, ["ppl"], tokenizer, ppl_file=str(paths["heldout"]),
                                 lengths=[settings.heldout_length], **{**common, "n": settings.heldout_windows}),
     }

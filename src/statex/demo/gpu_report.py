@@ -76,6 +76,24 @@ def _number(value: float, digits: int = 3) -> str:
     return "-" if value != value else f"{value:.{digits}f}"
 
 
+def _passkey_lines(records, family: str, variants: list[str]) -> list[str]:
+    """Passkey by length: the task (generation; mean over depths) / its answer tokens teacher-forced."""
+    lengths = sorted({r["params"]["length"] for r in records if r["family"] == family and r["task"] == "passkey"})
+    if not lengths:
+        return []
+    lines = ["", "Passkey by length: generated answers correct (mean over depths) / answer tokens predicted "
+             "teacher-forced (depth 0.5; no generation):", "", "| length | " + " | ".join(variants) + " |",
+             "|---|" + "---|" * len(variants)]
+    for length in lengths:
+        cells = []
+        for v in variants:
+            generated, forced = (_mean([r["value"] for r in _rows(records, family, v, task)
+                                        if r["params"]["length"] == length]) for task in ("passkey", "passkey_forced"))
+            cells.append(f"{_number(generated)} / {_number(forced)}")
+        lines.append(f"| {length} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def _family_section(records, family: str, settings, timings: dict, plots: dict[str, Path]) -> list[str]:
     variants = list(dict.fromkeys(r["variant"] for r in records if r["family"] == family))
     beyond = _post_len(settings)
@@ -105,6 +123,7 @@ def _family_section(records, family: str, settings, timings: dict, plots: dict[s
         lines.append(f"| {cell[0]} | {cell[1]}{mark} | "
                      + " | ".join(_number(_mqar(records, family, v).get(cell, float("nan"))) for v in variants) + " |")
     lines.append("")
+    lines += _passkey_lines(records, family, variants)
     lines += [f"![{family} {name}]({family}/{path.name})" for name, path in plots.items()] + [""]
     return lines
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from statex.data.synthetic import PASSKEY_NEEDLE, haystack_prompt, random_passkey
-from statex.eval.common import EvalContext, Record, greedy_generate, stable_seed
+from statex.data.synthetic import PASSKEY_NEEDLE, haystack_prompt, passkey_sequence, random_passkey
+from statex.eval.common import EvalContext, Record, greedy_generate, stable_seed, token_logprobs
 
 DEFAULT_LENGTHS = (1024, 2048, 4096)
 DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -42,3 +42,27 @@ def run(ctx: EvalContext) -> list[Record]:
     bar.close()
     return records
 
+
+
+@torch.no_grad()
+def teacher_forced(model, tokenizer, model_name: str, lengths, n: int, seed: int, batch_size: int,
+                   chunk: int = 2048, depth: float = 0.5) -> list[Record]:
+    """A diagnostic beside the task: the share of the passkey's answer tokens predicted (argmax) from the prompt
+    and the answer so far, one forward pass per batch, no generation, on the training sequences' format
+    (``passkey_sequence``). High here but zero in the task points at generation; zero in both, at learning."""
+    from statex.eval.tasks.mqar import score
+
+    device = next(model.parameters()).device
+    records = []
+    for length in lengths:
+        gen = torch.Generator().manual_seed(stable_seed(seed, length, round(depth * 1000), "passkey-forced"))
+        pairs = [passkey_sequence(gen, tokenizer, length, depth) for _ in range(n)]
+        correct = total = 0
+        for start in range(0, n, batch_size):
+            ids = torch.stack([p[0] for p in pairs[start:start + batch_size]]).to(device)
+            labels = torch.stack([p[1] for p in pairs[start:start + batch_size]]).to(device)
+            hits, count = score(token_logprobs(model, ids, chunk=chunk, want="argmax"), labels)
+            correct, total = correct + hits, total + count
+        records.append(Record(model_name, "passkey_forced", f"length={length} depth={depth:.2f}", "token_accuracy",
+                              correct / max(1, total), n, {"length": length, "depth": depth}))
+    return records
