@@ -1,9 +1,12 @@
 """The GPU benchmark's reporting (bench/gpu_bench.py runs only on a GPU; its tables and target verdicts are
 plain Python and are checked here on made-up records)."""
 import importlib.util
+import sys
 from pathlib import Path
 
-spec = importlib.util.spec_from_file_location("gpu_bench", Path(__file__).parents[1] / "bench" / "gpu_bench.py")
+BENCH = Path(__file__).parents[1] / "bench"
+sys.path.insert(0, str(BENCH))  # gpu_bench imports its report module as a script run from bench/ does
+spec = importlib.util.spec_from_file_location("gpu_bench", BENCH / "gpu_bench.py")
 gpu_bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(gpu_bench)
 
