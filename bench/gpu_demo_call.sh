@@ -7,12 +7,18 @@
 #   RUN     the run's directory on the device (default /tmp/statex-gpu-demo: kept between calls of one lease)
 #   BUDGET  lease | call | tiny (default call); LIMIT: seconds before SIGTERM (default 540)
 #   FAMILIES  gla,mamba2 (default both)
+#   PRETEST   a pytest -k expression for tests/test_gpu.py run first (e.g. "generation"), at most PRETEST_LIMIT
+#             seconds (default 200), before the demo (whose LIMIT is its own); the log comes back as $OUT/gpu-tests.log
 # Writes $OUT/gpu-demo.tgz (report.md, results.json, stages.json, settings.json, plots, each run's metrics.jsonl
 # and train_config.json, and the log) and $OUT/gpu-demo.log.
 set -u
 OUT=${OUT:-out/gpu-demo-call}
 RUN=${RUN:-/tmp/statex-gpu-demo}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
+if [ -n "${PRETEST:-}" ]; then
+    timeout "${PRETEST_LIMIT:-200}" python3 -m pytest -q -rs tests/test_gpu.py -k "$PRETEST" > "$OUT/gpu-tests.log" 2>&1
+    echo "gpu tests (-k $PRETEST) rc=$?"; tail -3 "$OUT/gpu-tests.log"
+fi
 timeout -s TERM "${LIMIT:-540}" python3 -m statex demo --preset gpu --data "${CORPUS:-corpus}" --out "$RUN" \
     --budget "${BUDGET:-call}" ${FAMILIES:+--families "$FAMILIES"} --resume > "$OUT/gpu-demo.log" 2>&1
 echo "statex demo rc=$?"
