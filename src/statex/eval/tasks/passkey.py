@@ -43,7 +43,6 @@ def run(ctx: EvalContext) -> list[Record]:
     return records
 
 
-
 @torch.no_grad()
 def teacher_forced(model, tokenizer, model_name: str, lengths, n: int, seed: int, batch_size: int,
                    chunk: int = 2048, depth: float = 0.5) -> list[Record]:
