@@ -36,6 +36,7 @@ def test_the_tiny_budget_runs_every_stage_and_resumes(tmp_path, corpus, capsys):
     assert lengths == set(preset("tiny").eval_lengths) and max(lengths) >= 8 * preset("tiny").pretrain["gla"].seq_len
     report = (out / "report.md").read_text()
     assert "| gla | statex-reinit |" in report and "| gla | statex-inherit |" in report
+    assert "Passkey by length" in report and "has not read the needle predicts" in report
     assert (out / "gla" / "passkey_heatmap.png").is_file() and (out / "gla" / "niah_single_2_heatmap.png").is_file()
     stages = json.loads((out / "stages.json").read_text())
     assert set(stages) == {f"gla/{v}/{s}" for v in ("base", "lpt", "statex-reinit", "statex-inherit")

@@ -111,6 +111,18 @@ def test_teacher_forced_passkey_separates_learning_from_generation():
     assert oracle[0].value == 1.0  # the answer is read off the needle, piece by piece of 64 tokens
     random = passkey.teacher_forced(tiny_model(), BYTES, "random", [200], n=2, seed=0, batch_size=2)
     assert random[0].value < 0.5
+    assert random[0].params["baseline"] == oracle[0].params["baseline"] == passkey.format_baseline(BYTES)
+
+
+def test_passkey_format_baseline_is_the_majority_guess_per_answer_position():
+    # bytes: " " then five digits, the first never 0; the space is always right, each digit about 1 in 10
+    # (the first 1 in 9), so the majority guess scores about (1 + 1/9 + 4/10) / 6
+    assert passkey.format_baseline(BYTES) == pytest.approx((1 + 1 / 9 + 4 / 10) / 6, abs=0.02)
+
+    class OneToken:  # a tokenizer that writes every answer as one token: nothing to guess from the format
+        def encode(self, text):
+            return [int(text)]
+    assert passkey.format_baseline(OneToken(), n=500) < 0.01
 
 
 def test_every_task_end_to_end_on_a_tiny_model(tmp_path):

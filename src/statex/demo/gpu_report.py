@@ -81,8 +81,14 @@ def _passkey_lines(records, family: str, variants: list[str]) -> list[str]:
     lengths = sorted({r["params"]["length"] for r in records if r["family"] == family and r["task"] == "passkey"})
     if not lengths:
         return []
+    baselines = {r["params"]["baseline"] for r in records if r["family"] == family
+                 and r["task"] == "passkey_forced" and "baseline" in r["params"]}
+    baseline = (f" A model that knows the answer's format but has not read the needle predicts "
+                f"{_number(max(baselines))} of the answer tokens teacher-forced (`passkey.format_baseline`)."
+                if baselines else "")
     lines = ["", "Passkey by length: generated answers correct (mean over depths) / answer tokens predicted "
-             "teacher-forced (depth 0.5; no generation):", "", "| length | " + " | ".join(variants) + " |",
+             "teacher-forced (depth 0.5; no generation)." + baseline, "",
+             "| length | " + " | ".join(variants) + " |",
              "|---|" + "---|" * len(variants)]
     for length in lengths:
         cells = []

@@ -48,10 +48,12 @@ def teacher_forced(model, tokenizer, model_name: str, lengths, n: int, seed: int
                    chunk: int = 2048, depth: float = 0.5) -> list[Record]:
     """A diagnostic beside the task: the share of the passkey's answer tokens predicted (argmax) from the prompt
     and the answer so far, one forward pass per batch, no generation, on the training sequences' format
-    (``passkey_sequence``). High here but zero in the task points at generation; zero in both, at learning."""
+    (``passkey_sequence``). High here but zero in the task points at generation; at the format baseline (each
+    record's ``params["baseline"]``, see ``format_baseline``) and zero in the task, at learning."""
     from statex.eval.tasks.mqar import score
 
     device = next(model.parameters()).device
+    baseline = format_baseline(tokenizer, seed=seed)
     records = []
     for length in lengths:
         gen = torch.Generator().manual_seed(stable_seed(seed, length, round(depth * 1000), "passkey-forced"))
@@ -63,5 +65,23 @@ def teacher_forced(model, tokenizer, model_name: str, lengths, n: int, seed: int
             hits, count = score(token_logprobs(model, ids, chunk=chunk, want="argmax"), labels)
             correct, total = correct + hits, total + count
         records.append(Record(model_name, "passkey_forced", f"length={length} depth={depth:.2f}", "token_accuracy",
-                              correct / max(1, total), n, {"length": length, "depth": depth}))
+                              correct / max(1, total), n, {"length": length, "depth": depth,
+                                                                          "baseline": baseline}))
     return records
+
+
+def format_baseline(tokenizer, n: int = 2000, seed: int = 0) -> float:
+    """The teacher-forced token accuracy of a model that knows the answer's format but not the passkey: at each
+    position of the tokenized answer it predicts the token most frequent there (fitted on n random passkeys,
+    scored on n others). A byte-level BPE that writes " 12345" as " ", then one digit per token, gives about
+    0.25: the space is free and each digit is a 1-in-10 guess, so a model must beat this to have read the needle."""
+    from collections import Counter
+
+    gen = torch.Generator().manual_seed(stable_seed(seed, "passkey-format-baseline"))
+    fit, held = ([tokenizer.encode(" " + random_passkey(gen)) for _ in range(n)] for _ in range(2))
+    majority = {}
+    for k in range(max(map(len, fit))):
+        counts = Counter(ids[k] for ids in fit if len(ids) > k)
+        majority[k] = counts.most_common(1)[0][0]
+    hits = sum(majority.get(k) == token for ids in held for k, token in enumerate(ids))
+    return hits / sum(map(len, held))
