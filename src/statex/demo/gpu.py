@@ -114,8 +114,8 @@ def _preset(name: str) -> GPUPreset:
     # prewarm 2.7 min; GLA pretraining 3,000 steps in 5.2 min (3,000 x 64 = 192K sequences, as many as the CPU
     # miniature's base needed to learn MQAR), post-training 0.10 s per step; Mamba2 pretraining 1,500 steps in
     # 3.8 min, post-training 0.15-0.19 s per step; evaluation 7-14 s per model (MQAR under 1 s of it). So the
-    # post-training stages, where StateX and LPT differ, take most of the rest of a lease: about 3 x 1.7 +
-    # 3 x 1.5 min, 24 min in all.
+    # post-training stages, where StateX and LPT differ, take most of the rest of a lease: 900 / 500 steps
+    # took 1.3-1.5 / 1.1-1.2 min each, the whole second lease about 22 min of demo time.
     if name == "lease":
         return GPUPreset(name, 8192, models, *_budgets({"gla": 3000, "mamba2": 1500}, {"gla": 900, "mamba2": 500},
                                                        post=(2048, 16, 1e-3)),
