@@ -255,3 +255,6 @@ def test_the_ssd_kernel_choice_is_checked_and_cpu_tensors_stay_on_torch(monkeypa
     y, final = backends.ssd_chunk(x, dt, A, B, C, D, h0)
     y_ref, final_ref = chunk_ssd(x, dt, A, B, C, D, initial_state=h0)
     assert torch.equal(y, y_ref) and torch.equal(final, final_ref)  # CPU tensors: the torch path itself
+    monkeypatch.setattr(backends, "_ssd_kernel", "trition")  # a typo in STATEX_SSD is an error, not the default
+    with pytest.raises(ValueError, match="STATEX_SSD='trition' is not one of fla, triton"):
+        backends.ssd_chunk(x, dt, A, B, C, D, h0)

@@ -281,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        from statex.ops import backends
+
+        backends.check_settings()
         return args.func(args)
     except statex.TrainingInterrupted as exc:
         print(f"statex: {exc}", file=sys.stderr)

@@ -25,7 +25,8 @@ does not support, or that fail, run on the default path with a one-time warning.
 Selection: ``STATEX_BACKEND`` = ``auto`` (default: fla on CUDA when importable), ``torch`` (always the
 pure-torch ops) or ``fla`` (fla on CUDA, an error if it is missing); ``set_backend`` does the same in code.
 fp64 inputs, CPU tensors and anything fla raises on in the forward pass run on torch; on CUDA each such
-fallback prints a one-time warning, never a silent wrong answer.
+fallback prints a one-time warning, never a silent wrong answer. An unknown value of either variable is an
+error (the CLI checks both before any work: ``check_settings``).
 """
 from __future__ import annotations
 
@@ -71,6 +72,23 @@ def set_ssd_kernel(name: str) -> None:
         raise ValueError(f"unknown SSD kernel {name!r} (choose from {', '.join(SSD_KERNELS)})")
     global _ssd_kernel
     _ssd_kernel = name
+
+
+def get_ssd_kernel() -> str:
+    if _ssd_kernel not in SSD_KERNELS:
+        raise ValueError(f"STATEX_SSD={_ssd_kernel!r} is not one of {', '.join(SSD_KERNELS)}")
+    return _ssd_kernel
+
+
+def check_settings() -> None:
+    """Both environment choices valid, else one StatexError naming the bad one (the CLI checks this before any
+    work, so a typo in STATEX_BACKEND or STATEX_SSD is an error up front, never the default or a traceback)."""
+    from statex.errors import StatexError
+
+    try:
+        get_backend(), get_ssd_kernel()
+    except ValueError as exc:
+        raise StatexError(str(exc)) from None
 
 
 def get_backend() -> str:
@@ -302,7 +320,7 @@ def ssd_chunk(x, dt, A, B, C, D=None, initial_state=None, chunk_size: int = 64):
         return _try_fla("ssd via chunk_gla", tuple(x.shape[2:]) + tuple(B.shape[2:]),
                         lambda: ssd_as_gla(_fla_chunk, x, dt, A, B, C, D, initial_state), torch_path)
 
-    if _ssd_kernel == "triton" and get_backend() != "torch" and x.is_cuda and x.dtype != torch.float64:
+    if get_ssd_kernel() == "triton" and get_backend() != "torch" and x.is_cuda and x.dtype != torch.float64:
         from statex.ops.ssd import triton_chunk
 
         shape = tuple(x.shape[2:]) + tuple(B.shape[2:])
