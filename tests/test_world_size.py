@@ -1,6 +1,6 @@
 """Checkpoints across world sizes and wrappings (CPU, gloo): a run checkpointed by N processes (one, DDP or
 FSDP2) continues with M processes as the same run, and a rank killed with SIGKILL leaves the last complete
-checkpoint to resume from. The optimizer-state conversion (train/optim_state.py) on its own."""
+checkpoint to resume from. The optimizer-state conversion (train/optim_state.py) and the ranks' reductions on their own."""
 import json
 import os
 import signal
@@ -132,3 +132,29 @@ def test_the_optimizer_state_converts_between_positions_and_names():
     other_optimizer = torch.optim.AdamW(build_param_groups(other, 0.1), lr=1e-3)
     with pytest.raises(statex.CheckpointError, match="does not hold this model's parameters"):
         optim_state.load(other, other_optimizer, named, sharded=False)
+
+
+def _reduce_on_rank(rank: int, world: int, port: int, results) -> None:
+    from statex.train import distributed
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    env = distributed.setup("cpu")
+    try:
+        results[rank] = (env.maximum(float(rank + 1) * 1.5), env.mean(float(rank)), env.any(rank == 1))
+    finally:
+        distributed.teardown()
+
+
+def test_the_reductions_agree_on_every_rank():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:  # a free port for the gloo rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_reduce_on_rank, args=(2, port, results), nprocs=2, join=True)
+        assert dict(results) == {0: (3.0, 0.5, True), 1: (3.0, 0.5, True)}

@@ -41,6 +41,13 @@ class Dist:
         dist.all_reduce(tensor)
         return tensor.tolist()
 
+    def maximum(self, value: float) -> float:
+        if not self.enabled:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return float(tensor)
+
     def any(self, flag: bool) -> bool:
         return self.sum(float(flag))[0] > 0
 

@@ -208,6 +208,9 @@ class _Run:
                     record = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                               "tokens_per_s": window_tokens / max(elapsed, 1e-9),
                               "tokens": self.step * self.tokens_per_step, "time": round(time.time(), 3)}
+                    if env.device.type == "cuda":  # the largest of any rank since the start (every rank joins)
+                        peak = torch.cuda.max_memory_allocated(env.device) / 2**30
+                        record["peak_memory_gib"] = round(env.maximum(peak), 3)
                     self._log(record)
                     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
                     window_start, window_tokens = time.perf_counter(), 0
