@@ -1,6 +1,7 @@
 """Checkpoints across world sizes and wrappings (CPU, gloo): a run checkpointed by N processes (one, DDP or
 FSDP2) continues with M processes as the same run, and a rank killed with SIGKILL leaves the last complete
-checkpoint to resume from. The optimizer-state conversion (train/optim_state.py) and the ranks' reductions on their own."""
+checkpoint to resume from. The optimizer-state conversion (train/optim_state.py) and the ranks' reductions on
+their own."""
 import json
 import os
 import signal
