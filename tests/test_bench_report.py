@@ -66,3 +66,23 @@ def test_own_ssd_targets_are_judged_per_65k_tokens_and_against_the_original_laye
     assert "time x1.43, layer FLOPs x1.23 (recurrence FLOPs x4.00) (target <= 1.60: met)" in text
     assert "T=2048: own SSD / chunk_gla layer time = 0.39" in text
     assert "Mamba2-1.3B every:8, own SSD throughput = 90.0% of the unexpanded model's (target >= 85%: met)" in text
+
+
+def test_multi_gpu_tables_judge_exactness_and_scaling_from_the_numbers():
+    from multi_gpu_report import tables
+
+    scale = [{"part": "scale", "model": "gla-1.3b", "seq_len": 16384, "world": n, "wrap": "ddp",
+              "tokens_per_s": 1000.0 * n * (1.0 if n < 8 else eff), "peak_memory_gib": 40.0}
+             for n, eff in ((1, 1), (2, 1), (8, 0.93))]
+    scale += [{"part": "scale", "model": "mamba2-1.3b", "seq_len": 65536, "world": n, "wrap": "ddp",
+               "tokens_per_s": 500.0 * n * (1.0 if n == 1 else 0.85)} for n in (1, 8)]
+    scale.append({"part": "scale", "model": "gla-1.3b", "seq_len": 16384, "world": 8, "wrap": "fsdp2",
+                  "tokens_per_s": 7000.0, "peak_memory_gib": 21.5})
+    exact = [{"part": "exact", "model": "gla-1.3b", "world": 8, "wrap": w, "seq_len": 4096, "global_batch": 8,
+              "steps": 50, "max_rel_diff": d, "bit_identical_steps": 3} for w, d in (("ddp", 0.002), ("fsdp2", 0.01))]
+    text = tables(exact + scale + [{"part": "kill", "model": "gla-1.3b", "world": 8, "error": "no rank-1 worker"}])
+    assert "| gla-1.3b | 8 | ddp | 4096 | 8 | 50 | 2.00e-03 | 3 of 50 | yes |" in text
+    assert "| gla-1.3b | 8 | fsdp2 | 4096 | 8 | 50 | 1.00e-02 | 3 of 50 | **no** |" in text  # above 2^-7
+    assert "| gla-1.3b | 16384 | 1,000 (100%) | 2,000 (100%) | 7,440 (93%) | 40.0 / 21.5 | yes |" in text
+    assert "| mamba2-1.3b | 65536 | 500 (100%) | - | 3,400 (85%) | - / - | **no** |" in text
+    assert "- kill gla-1.3b 8: no rank-1 worker" in text

@@ -18,6 +18,9 @@ from statex.train import build_param_groups, optim_state
 from statex.train.checkpoint import checkpoint_dirs, load_latest_checkpoint
 from test_data import write_corpus
 
+sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
+from multi_gpu import worker_pid  # noqa: E402  (the multi-GPU bench kills ranks the same way)
+
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
                                                     os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
 GLOBAL_BATCH = 4
@@ -76,22 +79,6 @@ def test_a_checkpoint_continues_with_another_world_size(root, reference, first, 
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6)
 
 
-def _worker_pid(out: Path, rank: int) -> int | None:
-    """The pid of the torchrun worker of ``rank`` training into ``out`` (from /proc)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes().split(b"\0")
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if str(out).encode() in command and b"-m" in command and f"RANK={rank}".encode() in environ \
-                and b"torch.distributed.run" not in command:
-            return int(entry.name)
-    return None
-
-
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the worker through /proc")
 def test_a_rank_killed_with_sigkill_leaves_a_checkpoint_to_resume_from(root):
     out = root / "killed"
@@ -100,7 +87,7 @@ def test_a_rank_killed_with_sigkill_leaves_a_checkpoint_to_resume_from(root):
     while time.time() < deadline and not checkpoint_dirs(out):
         time.sleep(0.2)
     time.sleep(1.0)  # a few more steps and checkpoints, one perhaps half-written when the kill comes
-    pid = _worker_pid(out, 1)
+    pid = worker_pid(out, 1)
     assert pid is not None, "no rank-1 worker found"
     os.kill(pid, signal.SIGKILL)
     proc.communicate(timeout=120)
