@@ -115,24 +115,25 @@ class Runner:
         flags += ["--stop-at-step", str(stop_at)] if stop_at else []
         return [sys.executable, *launcher, "train", *flags]
 
-    def run(self, name: str, command: list[str], limit: float | None = None) -> tuple[bool | str, str]:
-        """(False | True for a non-zero exit | a timeout message, output)."""
+    def run(self, name: str, command: list[str]) -> tuple[bool | str, str]:
+        """(False | True for a non-zero exit | a timeout message, output); at most --timeout seconds."""
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env,
                                 start_new_session=True)
         try:
-            output, _ = proc.communicate(timeout=limit or self.args.timeout)
+            output, _ = proc.communicate(timeout=self.args.timeout)
             failed: bool | str = proc.returncode != 0
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             output, _ = proc.communicate()
-            failed = f"timed out after {limit or self.args.timeout} s"
+            failed = f"timed out after {self.args.timeout} s"
         with open(self.out / "runs.log", "a") as log:
             log.write(f"==== {name}: {' '.join(command[1:])}\n{output}\n")
         return failed, output
 
-    def run_dir(self, name: str, fresh: bool = True) -> Path:
+    def run_dir(self, name: str) -> Path:
+        """OUT/runs/NAME, emptied: every part starts its runs afresh."""
         path = self.out / "runs" / name
-        if fresh and path.exists():
+        if path.exists():
             shutil.rmtree(path)
         return path
 

@@ -27,26 +27,21 @@ class Dist:
         if self.enabled:
             dist.barrier()
 
-    def mean(self, value: float) -> float:
-        if not self.enabled:
-            return value
-        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
-        dist.all_reduce(tensor)
-        return float(tensor) / self.world
-
-    def sum(self, *values: float) -> list[float]:
+    def _reduce(self, values, op) -> list[float]:
         if not self.enabled:
             return list(values)
         tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(tensor)
+        dist.all_reduce(tensor, op=op)
         return tensor.tolist()
 
+    def mean(self, value: float) -> float:
+        return self.sum(value)[0] / self.world
+
+    def sum(self, *values: float) -> list[float]:
+        return self._reduce(values, dist.ReduceOp.SUM)
+
     def maximum(self, value: float) -> float:
-        if not self.enabled:
-            return value
-        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-        return float(tensor)
+        return self._reduce([value], dist.ReduceOp.MAX)[0]
 
     def any(self, flag: bool) -> bool:
         return self.sum(float(flag))[0] > 0
