@@ -257,3 +257,21 @@ def test_own_ssd_kernel_generation_equals_torch_path(monkeypatch):
     monkeypatch.setattr(backends, "_ssd_kernel", "triton")
     for expanded in (False, True):
         _generation_matches_torch_path(small_model("mamba2", expanded))
+
+
+# ---- statex's own Triton causal conv + SiLU (Mamba2's conv1d) ----------------------------------------------------
+
+@pytest.mark.parametrize("channels,with_bias", [(4352, True), (200, False)])  # Mamba2-1.3B's x, B, C channels
+@pytest.mark.parametrize("length", [300, 1000])
+def test_conv_silu_kernel_matches_torch(channels, with_bias, length):
+    def fn(x, weight, bias=None):
+        def torch_path():
+            pre = F.conv1d(F.pad(x.transpose(1, 2), (weight.shape[1] - 1, 0)), weight[:, None, :], bias,
+                           groups=x.shape[-1])
+            return F.silu(pre).transpose(1, 2)
+        return (backends.conv_silu(x, weight, bias, torch_path),)
+
+    inputs = [torch.randn(2, length, channels, device="cuda"), torch.randn(channels, 4, device="cuda") * 0.5]
+    inputs += [torch.randn(channels, device="cuda")] if with_bias else []
+    errors = run_both(fn, inputs, float_args=(1, 2))  # weights stay fp32, as under autocast
+    assert max(errors.values()) < TOLERANCE, errors

@@ -91,16 +91,21 @@ class CausalConv1d(nn.Module):
         """x: [B, T, channels]; state: [B, channels, kernel_size - 1] or None (zeros)."""
         keep, length = self.kernel_size - 1, x.shape[1]
         if state is None:
-            padded = F.pad(x, (0, 0, keep, 0))
-        else:
-            padded = torch.cat([state.to(x.dtype).transpose(1, 2), x], dim=1)  # [B, keep + T, channels]
-        y = _ShiftedDepthwiseConv.apply(padded, self.weight.to(x.dtype)[:, 0, :], length)
-        if self.bias is not None:
-            y = y + self.bias.to(x.dtype)
-        # a copy, not a view: a view would keep all of ``padded`` alive as long as the state is kept (a whole
-        # prefill chunk per layer while decoding), and FSDP2 warns about views among a block's outputs
+            # a copy, not a view: a view would keep all of x alive as long as the state is kept (a whole prefill
+            # chunk per layer while decoding), and FSDP2 warns about views among a block's outputs
+            new_state = F.pad(x[:, max(0, length - keep):], (0, 0, max(0, keep - length), 0)).transpose(1, 2)
+            y = backends.conv_silu(x, self.weight[:, 0, :], self.bias,
+                                   lambda: self._torch_path(F.pad(x, (0, 0, keep, 0)), length))
+            return y, new_state.clone(memory_format=torch.contiguous_format)
+        padded = torch.cat([state.to(x.dtype).transpose(1, 2), x], dim=1)  # [B, keep + T, channels]
         new_state = padded[:, padded.shape[1] - keep:].transpose(1, 2).clone(memory_format=torch.contiguous_format)
-        return F.silu(y), new_state
+        return self._torch_path(padded, length), new_state
+
+    def _torch_path(self, padded: torch.Tensor, length: int) -> torch.Tensor:
+        y = _ShiftedDepthwiseConv.apply(padded, self.weight.to(padded.dtype)[:, 0, :], length)
+        if self.bias is not None:
+            y = y + self.bias.to(padded.dtype)
+        return F.silu(y)
 
 
 class _ShiftedDepthwiseConv(torch.autograd.Function):

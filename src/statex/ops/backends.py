@@ -274,6 +274,21 @@ def gated_rms_norm(x, gate, weight, eps: float, group_size: int, norm_before_gat
     return _try_fla("gated_rms_norm", (width, group_size, norm_before_gate), fla_path, torch_path)
 
 
+def conv_silu(x, weight, bias, torch_path: Callable):
+    """silu(causal depthwise conv(x) + bias) from a zero state (``statex.models.layers.CausalConv1d``; torch_path
+    computes it): on CUDA statex's own Triton kernel (``statex.ops.conv``), one pass each way instead of a dozen
+    elementwise ones. Needs Triton only, not fla."""
+    if get_backend() == "torch" or not x.is_cuda or x.dtype == torch.float64:
+        return torch_path()
+
+    def kernel():
+        from statex.ops.conv.triton_conv import conv_silu as triton_conv_silu
+
+        return triton_conv_silu(x, weight, bias)
+
+    return _try_fla("conv_silu (statex triton)", (x.shape[-1], weight.shape[-1]), kernel, torch_path)
+
+
 def gla_chunk(q, k, v, g, scale: float, initial_state=None, chunk_size: int = 32):
     """GLA over a sequence: o [B, T, H, V], final state [B, H, K, V] (fp32)."""
     def torch_path():

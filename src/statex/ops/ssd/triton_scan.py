@@ -30,10 +30,10 @@ def _load_head(x_ptr, dt_ptr, b_ptr, lam_ptr, dy_ptr, rows, batch, chunk, head, 
 
 
 @triton.jit
-def scan_fwd_kernel(x_ptr, dt_ptr, b_ptr, c_ptr, cb_ptr, states_ptr, y_ptr, T, NC, H: tl.constexpr,
+def scan_fwd_kernel(x_ptr, dt_ptr, b_ptr, c_ptr, cb_ptr, states_ptr, d_ptr, y_ptr, T, NC, H: tl.constexpr,
                     G: tl.constexpr, P: tl.constexpr, N: tl.constexpr, Q: tl.constexpr, BLOCK_N: tl.constexpr,
-                    IEEE: tl.constexpr):
-    """y of one chunk of one head: exp(b_t) C_t h_c^T + (CB * decay * dt_s) @ x. Grid (NC, batch * H)."""
+                    HAS_D: tl.constexpr, IEEE: tl.constexpr):
+    """y of one chunk of one head: exp(b_t) C_t h_c^T + (CB * decay * dt_s) @ x (+ D x). Grid (NC, batch * H)."""
     chunk, bh = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
     batch, head = bh // H, bh % H
     group = head // (H // G)
@@ -54,17 +54,20 @@ def scan_fwd_kernel(x_ptr, dt_ptr, b_ptr, c_ptr, cb_ptr, states_ptr, y_ptr, T, N
         h = tl.load(states_ptr + state_at + tl.arange(0, P)[None, :] * N + cols[:, None])  # h_c^T [BLOCK_N, P]
         inter += _dot(c, h.to(c.dtype), IEEE)
     acc += inter * tl.exp(b)[:, None]
+    if HAS_D:
+        acc += tl.load(d_ptr + head) * x.to(tl.float32)
     tl.store(y_ptr + x_at, acc.to(x.dtype))
 
 
 @triton.jit
 def scan_bwd_x_kernel(x_ptr, dt_ptr, b_ptr, lam_ptr, bm_ptr, c_ptr, cb_ptr, states_ptr, dstates_ptr, dy_ptr,
-                      dx_ptr, ddt_ptr, db_ptr, dlam_ptr, dcb_ptr, T, NC, H: tl.constexpr, G: tl.constexpr,
-                      P: tl.constexpr, N: tl.constexpr, Q: tl.constexpr, BLOCK_N: tl.constexpr,
-                      IEEE: tl.constexpr):
+                      d_ptr, dx_ptr, ddt_ptr, db_ptr, dlam_ptr, dd_ptr, dcb_ptr, T, NC, H: tl.constexpr,
+                      G: tl.constexpr, P: tl.constexpr, N: tl.constexpr, Q: tl.constexpr, BLOCK_N: tl.constexpr,
+                      HAS_D: tl.constexpr, IEEE: tl.constexpr):
     """Per chunk and group, for each of its heads: dx, the dt and b gradients through x * dt, the in-chunk
-    decays, the chunk state and the inter-chunk output, and dL/dlam_c through the chunk state; and dCB summed
-    over the heads. dstates: dL/dS_c (state_pass_bwd_kernel's result). Grid (NC, batch * G)."""
+    decays, the chunk state and the inter-chunk output; dL/dlam_c, through the chunk state S_c and through the
+    decay exp(lam_c) h_c; this chunk's part of dD; and dCB summed over the heads. dstates: dL/dS_c
+    (chunk_states_bwd_kernel's result). Grid (NC, batch * G)."""
     chunk, bg = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
     batch, group = bg // G, bg % G
     HPG: tl.constexpr = H // G
@@ -83,6 +86,7 @@ def scan_bwd_x_kernel(x_ptr, dt_ptr, b_ptr, lam_ptr, bm_ptr, c_ptr, cb_ptr, stat
         d_xdt = _dot(tl.trans(mixing.to(dy.dtype)), dy, IEEE)  # [Q, P]
         from_state = tl.zeros((Q, P), dtype=tl.float32)  # B_s dS_c^T
         inter = tl.zeros((Q, P), dtype=tl.float32)  # C_t h_c^T
+        through_decay = 0.0  # sum of dS_c * h_c: dL/dlam_c through the decay exp(lam_c) h_c, / exp(lam_c)
         state_at = ((batch * NC + chunk) * H + head) * P * N
         for n0 in range(0, N, BLOCK_N):
             cols = n0 + tl.arange(0, BLOCK_N)
@@ -90,18 +94,26 @@ def scan_bwd_x_kernel(x_ptr, dt_ptr, b_ptr, lam_ptr, bm_ptr, c_ptr, cb_ptr, stat
             bm = tl.load(bm_ptr + bc_at)
             c = tl.load(c_ptr + bc_at)
             transposed = state_at + tl.arange(0, P)[None, :] * N + cols[:, None]  # [BLOCK_N, P]
-            from_state += _dot(bm, tl.load(dstates_ptr + transposed).to(bm.dtype), IEEE)
-            inter += _dot(c, tl.load(states_ptr + transposed).to(c.dtype), IEEE)
+            ds = tl.load(dstates_ptr + transposed)
+            h = tl.load(states_ptr + transposed)
+            from_state += _dot(bm, ds.to(bm.dtype), IEEE)
+            inter += _dot(c, h.to(c.dtype), IEEE)
+            through_decay += tl.sum(ds.to(tl.float32) * h.to(tl.float32))
         from_state = from_state * tl.exp(lam - b)[:, None]
         d_xdt += from_state
-        tl.store(dx_ptr + x_at, (d_xdt * dt[:, None]).to(x.dtype))
+        dx = d_xdt * dt[:, None]
+        if HAS_D:
+            dx += tl.load(d_ptr + head) * dy.to(tl.float32)
+            tl.store(dd_ptr + (batch * NC + chunk) * H + head, tl.sum(dy.to(tl.float32) * x.to(tl.float32)))
+        tl.store(dx_ptr + x_at, dx.to(x.dtype))
         tl.store(ddt_ptr + rows * H + head, tl.sum(d_xdt * x.to(tl.float32), axis=1))
         through_state = tl.sum(xdt * from_state, axis=1)  # dL/d exp(lam - b_s) * exp(lam - b_s)
         weighted = d_mixing * mixing
         db = tl.sum(weighted, axis=1) - tl.sum(weighted, axis=0) - through_state
         db += tl.exp(b) * tl.sum(dy.to(tl.float32) * inter, axis=1)
         tl.store(db_ptr + rows * H + head, db)
-        tl.store(dlam_ptr + (batch * NC + chunk) * H + head, tl.sum(through_state, axis=0))
+        through_pass = through_decay * tl.exp(lam)
+        tl.store(dlam_ptr + (batch * NC + chunk) * H + head, tl.sum(through_state, axis=0) + through_pass)
         dcb += d_mixing * decay
     tl.store(dcb_ptr + ((batch * NC + chunk) * G + group) * Q * Q + square, dcb)
 
