@@ -13,7 +13,10 @@ case):
   bf16), original and expanded, at batch 1 and 64, eager and replayed from a CUDA graph.
 - model: whole-model training step (autocast bf16, fp32 master weights, AdamW) of GLA-1.3B (every:6) and
   Mamba2-1.3B (every:8) at T=2048 with and without expansion.
-Cases named ...@own-ssd run Mamba2's SSD on statex's own Triton kernels (STATEX_SSD=triton) instead of chunk_gla.
+Cases named ...@own-ssd run Mamba2's SSD on statex's own Triton kernels (STATEX_SSD=triton, the default since
+2026-12-02), the other Mamba2 cases on chunk_gla (STATEX_SSD=fla). Cases named ...@wide-values serve GLA heads
+as sub-heads of up to 256 x 2048 instead of 256 x 512 (backends.MAX_VALUE_BLOCK = 2048): StateX's merged head
+as 4 sub-heads (one per key block, v repeated to them) instead of 16.
 Writes DIR/results.jsonl (one JSON object per measurement) and DIR/benchmarks.md (the tables, judged against the
 issues' targets: gpu_bench_report.py).
 """
@@ -30,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from gpu_bench_report import OWN_SSD, tables  # bench/ is on the path of a script run from it
+from gpu_bench_report import OWN_SSD, WIDE_VALUES, tables  # bench/ is on the path of a script run from it
 
 CHUNK = 64  # fla's chunk size, for the FLOP model
 
@@ -82,7 +85,7 @@ def build_layer(name: str):
     from statex.models.gla import GLAMixer
     from statex.models.mamba2 import Mamba2Mixer
 
-    name = name.removesuffix(OWN_SSD)
+    name = name.removesuffix(OWN_SSD).removesuffix(WIDE_VALUES)
 
     if name in ("statex-gla", "statex-gla-statex"):
         config = config_13b("gla", 6 if name.endswith("statex") else None)
@@ -153,6 +156,16 @@ def case_peak(args) -> None:
     emit({"part": "peak", "tflops": 2 * 8192**3 / seconds / 1e12})
 
 
+def apply_case_settings(name: str) -> None:
+    """The kernel choices a case's name asks for (bench/triton_prewarm.py applies them too): Mamba2's SSD on
+    statex's kernels for a name ending in OWN_SSD, else on chunk_gla (the earlier default path); GLA sub-heads up
+    to 256 x 2048 for a name ending in WIDE_VALUES."""
+    from statex.ops import backends
+
+    backends.set_ssd_kernel("triton" if name.endswith(OWN_SSD) else "fla")
+    backends.MAX_VALUE_BLOCK = 2048 if name.endswith(WIDE_VALUES) else 512
+
+
 def each_name(case):
     """Run case(args, args.name) with progress lines; a failure is recorded as the case's result. A name ending
     in OWN_SSD runs its shape with statex's own SSD kernels (each case has its own process)."""
@@ -160,10 +173,7 @@ def each_name(case):
         part, name = case.__name__[5:], args.name
         progress(f"{part} {name}: start")
         try:
-            if name.endswith(OWN_SSD):
-                from statex.ops import backends
-
-                backends.set_ssd_kernel("triton")
+            apply_case_settings(name)
             case(args, name)
             progress(f"{part} {name}: done")
         except Exception as exc:
@@ -218,7 +228,7 @@ def build_model(name: str, n_layer: int | None = None):
     Mamba2 every:8); n_layer shortens it (same layer shapes; the first layer is the expanded one)."""
     import statex
 
-    family, expanded = name.removesuffix(OWN_SSD).split(":")
+    family, expanded = name.removesuffix(OWN_SSD).removesuffix(WIDE_VALUES).split(":")
     every = (6 if family == "gla" else 8) if expanded == "statex" else None
     torch.manual_seed(0)
     return statex.build_model(config_13b(family, every, n_layer), device="cuda", seed=0)
@@ -295,9 +305,10 @@ def case_model(args, name: str) -> None:
 
 
 CASE_NAMES = {"peak": ["bf16-matmul"],
-              "layers": ["statex-gla", "fla-gla", "statex-gla-statex", "statex-mamba2", "statex-mamba2-statex",
+              "layers": ["statex-gla", "fla-gla", "statex-gla-statex", "statex-gla-statex" + WIDE_VALUES,
+                         "statex-mamba2", "statex-mamba2-statex",
                          "statex-mamba2" + OWN_SSD, "statex-mamba2-statex" + OWN_SSD],
-              "model": ["gla:original", "gla:statex", "mamba2:original", "mamba2:statex",
+              "model": ["gla:original", "gla:statex", "gla:statex" + WIDE_VALUES, "mamba2:original", "mamba2:statex",
                         "mamba2:original" + OWN_SSD, "mamba2:statex" + OWN_SSD],
               "decode": ["gla:original", "gla:statex", "mamba2:original", "mamba2:statex"]}
 CASES = {"peak": case_peak, "layers": case_layers, "decode": case_decode, "model": case_model}

@@ -60,6 +60,7 @@ def workload(parts: list[str], tests_k: str = "", only: list[str] | None = None)
     if "layers" in parts:
         for name in gpu_bench.selected(gpu_bench.CASE_NAMES["layers"], only):
             def layer_case(name=name):
+                gpu_bench.apply_case_settings(name)
                 layer = gpu_bench.build_layer(name)[0].to("cuda", torch.bfloat16)
                 for batch in LAYER_BATCHES:
                     gpu_bench.layer_step(layer, batch, LAYER_LENGTH)()
@@ -69,6 +70,7 @@ def workload(parts: list[str], tests_k: str = "", only: list[str] | None = None)
                                                  only))
         for name in names:
             def model_case(name=name):
+                gpu_bench.apply_case_settings(name)
                 model = gpu_bench.build_model(name, n_layer=2)
                 gpu_bench.train_step(model.train(), batch=2)()
                 model = model.to(torch.bfloat16).eval()

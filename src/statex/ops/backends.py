@@ -48,7 +48,7 @@ MIN_BLOCK = 16
 
 _backend = os.environ.get("STATEX_BACKEND", "auto")
 SSD_KERNELS = ("fla", "triton")
-_ssd_kernel = os.environ.get("STATEX_SSD", "fla")
+_ssd_kernel = os.environ.get("STATEX_SSD", "triton")
 _fla: dict | None = None  # fla's functions by role ("chunk", "step", "norm_then_gate", "grouped_norm"), or {}
 _fla_error = [""]  # why fla could not be imported
 _warned: set[str] = set()  # keys of the one-time warnings already given
@@ -151,9 +151,12 @@ def _block(dim: int, limit: int) -> int | None:
 
 
 def split_heads_gla(kernel: GLAKernel, q, k, v, g, scale: float, initial_state=None, state_v_first: bool = False,
-                    max_key_block: int = MAX_KEY_BLOCK, max_value_block: int = MAX_VALUE_BLOCK):
+                    max_key_block: int | None = None, max_value_block: int | None = None):
     """Run ``kernel`` on heads of key dim K and value dim V as (K/Kb) x (V/Vb) sub-heads of Kb x Vb
-    (exact; see the module docstring). Shapes in and out are those of the unsplit call."""
+    (exact; see the module docstring). Shapes in and out are those of the unsplit call. The limits default to
+    MAX_KEY_BLOCK and MAX_VALUE_BLOCK as they are at the call."""
+    max_key_block = MAX_KEY_BLOCK if max_key_block is None else max_key_block
+    max_value_block = MAX_VALUE_BLOCK if max_value_block is None else max_value_block
     batch, length, heads, key_dim = q.shape
     value_dim = v.shape[-1]
     kb, vb = _block(key_dim, max_key_block), _block(value_dim, max_value_block)

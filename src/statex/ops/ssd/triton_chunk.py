@@ -20,7 +20,7 @@ import torch
 CHUNK = 64  # Q: rows of one program
 BLOCK_N = 64  # d_state columns per step (the whole of N when N < 64)
 # num_warps per kernel, chosen on the H200 by bench/ssd_kernels.py (docs/benchmarks.md)
-WARPS = {"cb": 4, "states": 4, "scan": 4, "scan_bwd_x": 4, "scan_bwd_bc": 4}
+WARPS = {"cb": 4, "states": 4, "scan": 4, "scan_bwd_x": 8, "scan_bwd_bc": 4}
 
 
 def supports(x: torch.Tensor, B: torch.Tensor) -> bool:
