@@ -13,10 +13,12 @@ case):
   bf16), original and expanded, at batch 1 and 64, eager and replayed from a CUDA graph.
 - model: whole-model training step (autocast bf16, fp32 master weights, AdamW) of GLA-1.3B (every:6) and
   Mamba2-1.3B (every:8) at T=2048 with and without expansion.
-Cases named ...@own-ssd run Mamba2's SSD on statex's own Triton kernels (STATEX_SSD=triton, the default since
-2026-12-02), the other Mamba2 cases on chunk_gla (STATEX_SSD=fla). Cases named ...@wide-values serve GLA heads
-as sub-heads of up to 256 x 2048 instead of 256 x 512 (backends.MAX_VALUE_BLOCK = 2048): StateX's merged head
-as 4 sub-heads (one per key block, v repeated to them) instead of 16.
+The names predate today's defaults and keep meaning what they measured: cases named ...@own-ssd run Mamba2's SSD
+on statex's own Triton kernels (STATEX_SSD=triton, the default since 2026-12-02), the other Mamba2 cases on
+chunk_gla (STATEX_SSD=fla, the earlier default). Cases named ...@wide-values run chunk_gla on GLA sub-heads of up
+to 256 x 2048 (backends.CHUNK_MAX_VALUE_BLOCK = 2048, the default since 2026-12-02: StateX's merged head as 4
+sub-heads, one per key block, with v repeated to them), the other GLA cases on sub-heads of up to 256 x 512 (the
+merged head as 16).
 Writes DIR/results.jsonl (one JSON object per measurement) and DIR/benchmarks.md (the tables, judged against the
 issues' targets: gpu_bench_report.py).
 """
@@ -163,7 +165,7 @@ def apply_case_settings(name: str) -> None:
     from statex.ops import backends
 
     backends.set_ssd_kernel("triton" if name.endswith(OWN_SSD) else "fla")
-    backends.MAX_VALUE_BLOCK = 2048 if name.endswith(WIDE_VALUES) else 512
+    backends.CHUNK_MAX_VALUE_BLOCK = 2048 if name.endswith(WIDE_VALUES) else 512
 
 
 def each_name(case):

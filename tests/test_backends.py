@@ -258,3 +258,17 @@ def test_the_ssd_kernel_choice_is_checked_and_cpu_tensors_stay_on_torch(monkeypa
     monkeypatch.setattr(backends, "_ssd_kernel", "trition")  # a typo in STATEX_SSD is an error, not the default
     with pytest.raises(ValueError, match="STATEX_SSD='trition' is not one of fla, triton"):
         backends.ssd_chunk(x, dt, A, B, C, D, h0)
+
+
+def test_conv_silu_runs_the_torch_path_for_cpu_tensors_and_the_torch_backend(monkeypatch):
+    calls = []
+
+    def torch_path():
+        calls.append(1)
+        return "torch"
+
+    x, weight = torch.randn(1, 5, 3), torch.randn(3, 4)
+    assert backends.conv_silu(x, weight, None, torch_path) == "torch"  # a CPU tensor
+    monkeypatch.setattr(backends, "_backend", "torch")
+    assert backends.conv_silu(x, weight, None, torch_path) == "torch"
+    assert len(calls) == 2

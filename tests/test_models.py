@@ -214,11 +214,12 @@ def test_build_model_seed_is_deterministic():
 
 
 @pytest.mark.parametrize("with_state", [False, True])
-def test_short_conv_matches_conv1d_values_and_gradients(with_state):
+@pytest.mark.parametrize("length", [11, 2])  # 2: shorter than the state (kernel_size - 1 = 3)
+def test_short_conv_matches_conv1d_values_and_gradients(with_state, length):
     from statex.models.layers import CausalConv1d
 
     conv = CausalConv1d(6, 4, bias=True).double()
-    x = torch.randn(2, 11, 6, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, length, 6, dtype=torch.float64, requires_grad=True)
     state = torch.randn(2, 6, 3, dtype=torch.float64, requires_grad=True) if with_state else None
     y, new_state = conv(x, state)
     history = state if with_state else torch.zeros(2, 6, 3, dtype=torch.float64)

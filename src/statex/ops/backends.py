@@ -44,6 +44,7 @@ from statex.ops.ssd import recurrent_ssd_step as torch_ssd_step
 BACKENDS = ("auto", "torch", "fla")
 MAX_KEY_BLOCK = 256
 MAX_VALUE_BLOCK = 512
+CHUNK_MAX_VALUE_BLOCK = 2048  # chunk_gla only: the merged head as 4 sub-heads of 256 x 2048 (measured, docs/gpu.md)
 MIN_BLOCK = 16
 
 _backend = os.environ.get("STATEX_BACKEND", "auto")
@@ -304,7 +305,8 @@ def gla_chunk(q, k, v, g, scale: float, initial_state=None, chunk_size: int = 32
         # fla's own GLA layer keeps its state V-first ([V, K]); the kernels are called the same way here and
         # only the states at the call's boundary are transposed to and from statex's [K, V].
         h0 = None if initial_state is None else initial_state.transpose(-1, -2)
-        o, final = split_heads_gla(_fla_chunk, q, k, v, g, scale, h0, state_v_first=True)
+        o, final = split_heads_gla(_fla_chunk, q, k, v, g, scale, h0, state_v_first=True,
+                                   max_value_block=CHUNK_MAX_VALUE_BLOCK)
         return o, final.transpose(-1, -2).contiguous()
 
     return _try_fla("chunk_gla", tuple(q.shape[2:]) + (v.shape[-1],), fla_path, torch_path)

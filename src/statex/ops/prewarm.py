@@ -64,7 +64,7 @@ class Workload:
         return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-PASSES_VERSION = 2  # raised when run_workload's passes change, so that older markers no longer skip a prewarm
+PASSES_VERSION = 3  # raised when run_workload's passes change, so that older markers no longer skip a prewarm
 
 
 def _software_versions() -> dict[str, str]:
