@@ -17,10 +17,11 @@ Fast path (CUDA, flash-linear-attention installed, ``pip install 'statex[gpu]'``
   (with the merged head's scale). fla's kernels are tuned for heads up to 256 x 512, and a single 1024 x 2048
   head did not compile within minutes there.
 
-Mamba2 SSD in the project's own Triton kernels (``statex.ops.ssd.triton_chunk``: scalar decay, C B^T once per
-group, forward and backward) instead of ``chunk_gla``: ``STATEX_SSD=triton`` (or ``set_ssd_kernel``). Opt-in for
-now: its kernels are tested against the torch path under Triton's CPU interpreter, not yet on a GPU. Shapes it
-does not support, or that fail, run on the default path with a one-time warning.
+Mamba2 SSD on CUDA runs by default in the project's own Triton kernels (``statex.ops.ssd.triton_chunk``: scalar
+decay, C B^T once per group, forward and backward; measured and tested on the H200, docs/gpu.md);
+``STATEX_SSD=fla`` (or ``set_ssd_kernel("fla")``) picks ``chunk_gla`` instead. Shapes the own kernels do not
+support, or that fail, run on ``chunk_gla`` with a one-time warning. Mamba2's causal conv + SiLU from a zero
+state runs in the project's own Triton kernel on CUDA too (``conv_silu``). Both need Triton, not fla.
 
 Selection: ``STATEX_BACKEND`` = ``auto`` (default: fla on CUDA when importable), ``torch`` (always the
 pure-torch ops) or ``fla`` (fla on CUDA, an error if it is missing); ``set_backend`` does the same in code.
@@ -67,8 +68,8 @@ def set_backend(name: str) -> None:
 
 
 def set_ssd_kernel(name: str) -> None:
-    """Which kernel runs Mamba2's chunked SSD on CUDA: ``fla`` (chunk_gla, the default) or ``triton`` (statex's
-    own scalar-decay kernels)."""
+    """Which kernel runs Mamba2's chunked SSD on CUDA: ``triton`` (statex's own scalar-decay kernels, the
+    default) or ``fla`` (chunk_gla)."""
     if name not in SSD_KERNELS:
         raise ValueError(f"unknown SSD kernel {name!r} (choose from {', '.join(SSD_KERNELS)})")
     global _ssd_kernel
