@@ -21,17 +21,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import gpu_bench  # noqa: E402
 
 
-def profile_case(name: str, length: int, tokens: int, steps: int = 3, rows: int = 15) -> str:
-    torch.manual_seed(0)
-    layer = gpu_bench.build_layer(name)[0].to("cuda", torch.bfloat16)
-    step = gpu_bench.layer_step(layer, max(1, tokens // length), length)
-    for _ in range(2):  # compile / autotune outside the profile
+def profiled(step, steps: int):
+    """torch.profiler's record (CUDA activity) of ``steps`` calls of step, after two calls outside it (they
+    compile and autotune)."""
+    for _ in range(2):
         step()
     torch.cuda.synchronize()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
             step()
         torch.cuda.synchronize()
+    return prof
+
+
+def profile_case(name: str, length: int, tokens: int, steps: int = 3, rows: int = 15) -> str:
+    torch.manual_seed(0)
+    layer = gpu_bench.build_layer(name)[0].to("cuda", torch.bfloat16)
+    prof = profiled(gpu_bench.layer_step(layer, max(1, tokens // length), length), steps)
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=70)
     return f"== {name} T={length}, {steps} steps of {tokens} tokens\n{table}"
 

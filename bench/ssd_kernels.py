@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from gpu_profile import profiled  # noqa: E402  (bench/ is on the path of a script run from it)
 from statex.ops.ssd import triton_chunk  # noqa: E402
 
 SHAPES = {"mamba2-1.3b": (64, 64, 1, 128), "mamba2-1.3b-statex": (64, 64, 1, 512)}  # (H, P, G, N)
@@ -42,15 +43,8 @@ def ssd_step(batch: int, length: int, heads: int, headdim: int, groups: int, d_s
 
 def kernel_times(step, steps: int = 5) -> dict[str, float]:
     """CUDA milliseconds per step of every kernel the step launches."""
-    for _ in range(2):
-        step()
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(steps):
-            step()
-        torch.cuda.synchronize()
     times: dict[str, float] = {}
-    for event in prof.key_averages():
+    for event in profiled(step, steps).key_averages():
         if event.device_time_total > 0:
             name = event.key if event.key.endswith("_kernel") else "torch ops"
             times[name] = times.get(name, 0.0) + event.device_time_total / 1000 / steps
