@@ -40,8 +40,9 @@ def test_expand_checks_the_request_before_reading_weights(tmp_path, capsys, src,
 def test_expand_output_clashes(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     _error(capsys, ["expand", GLA, tmp_path / "file", "--layers", "0", "--force"], "exists and is not a directory")
-    _error(capsys, ["expand", GLA, GLA, "--layers", "0", "--force"], "must differ from the source")
+    _error(capsys, ["expand", GLA, GLA, "--layers", "0", "--force"], "is the input")
     (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "kept").write_text("x")
     _error(capsys, ["expand", GLA, tmp_path / "dir", "--layers", "0"], "already exists")
     # a valid request reaches the weights, which the config-only fixture lacks
     assert main(["expand", str(GLA), str(tmp_path / "new"), "--layers", "every:6"]) == 2
@@ -51,8 +52,8 @@ def test_expand_output_clashes(tmp_path, capsys):
 @pytest.mark.parametrize("flags,message", [
     (["--top-p", "2"], "--top-p must be in (0, 1]"),
     (["--top-k", "0"], "--top-k must be >= 1"),
-    (["--temperature", "-1"], "--temperature must be >= 0"),
-    (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+    (["--temperature", "-1"], "--temperature must be a finite number >= 0"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be in [1, 1000000]"),
     (["--prompt", ""], "zero tokens"),
 ])
 def test_generate_checks_flags_and_prompt_before_reading_weights(capsys, flags, message):

@@ -97,7 +97,7 @@ def test_mixture_weights_and_parse_errors(tmp_path):
     assert any(k == 6 for k in kinds) and any(k != 6 for k in kinds)  # passkeys (" 12345" = 6 bytes) and mqar
     with pytest.raises(statex.StatexError, match="unknown synthetic source"):
         parse_synthetic("ruler:1")
-    with pytest.raises(statex.StatexError, match="weight must be a number"):
+    with pytest.raises(statex.StatexError, match="weight must be a finite number"):
         parse_synthetic("mqar:x")
 
 

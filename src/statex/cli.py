@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 import statex
-from statex.cli_support import add_device_flags, device_from_flag, prepare_kernels, resolve_tokenizer
+from statex.cli_support import (add_device_flags, check_seed, check_vocab, device_from_flag, prepare_kernels,
+                                resolve_tokenizer)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,63 +45,65 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_m
 
 
 def _cmd_expand(args: argparse.Namespace) -> int:
-    import os
     import shutil
-    import tempfile
 
     import torch
 
-    dst = Path(args.dst)
-    _check_output_dir(dst, args.force, source=Path(args.src))
+    from statex.files import replace_directory, temporary_directory
+    from statex.models.lm import require_model_memory
+    from statex.outputs import check_output
+
+    dst = check_output(args.dst, flag="DST", inputs=[args.src], force=args.force)
     config, _ = statex.load_config(args.src)  # cheap: the request is checked before any weights are read
-    statex.plan_expansion(config, args.layers, args.mode, heads=args.heads, factor=args.factor, dt_init=args.dt_init)
+    _, planned = statex.plan_expansion(config, args.layers, args.mode, heads=args.heads, factor=args.factor,
+                                       dt_init=args.dt_init)
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
+    require_model_memory(planned, dtype or torch.float32, copies=2)
     model = statex.load_model(args.src, dtype=dtype)
     expanded = statex.expand(model, args.layers, mode=args.mode, heads=args.heads, factor=args.factor,
                              seed=args.seed, keep_attn_norm=args.keep_attn_norm,
                              keep_ssm_params=args.keep_ssm_params, dt_init=args.dt_init)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+    tmp = temporary_directory(dst)
     try:
-        expanded.save_pretrained(tmp / "model")
+        expanded.save_pretrained(tmp)
         for name in _TOKENIZER_FILES:  # keep the tokenizer next to the model
             if (Path(args.src) / name).is_file():
-                shutil.copy2(Path(args.src) / name, tmp / "model" / name)
-        if dst.exists():
-            shutil.rmtree(dst) if dst.is_dir() else dst.unlink()
-        os.replace(tmp / "model", dst)
+                shutil.copy2(Path(args.src) / name, tmp / name)
+        replace_directory(tmp, dst)  # the new output is complete before an old one goes
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
     before, after = statex.describe_model(model), statex.describe_model(expanded)
     print(statex.format_expansion(statex.describe_expansion(before, after, expanded.config.history[-1]["layers"])))
     print(f"wrote {dst} (mode {args.mode}, seed {args.seed})")
     return 0
 
 
-def _check_output_dir(path: Path, force: bool, source: Path | None = None) -> None:
-    """A directory a command will create: refused if it exists (unless ``force``), is a file, or is the source."""
-    if source is not None and path.resolve() == source.resolve():
-        raise statex.StatexError(f"{path}: the output directory must differ from the source model")
-    if path.exists() and not path.is_dir():
-        raise statex.StatexError(f"{path}: exists and is not a directory")
-    if path.exists() and not force:
-        raise statex.StatexError(f"{path}: already exists (use --force to replace it)")
-
-
 def _cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
-    if args.max_new_tokens < 1:
-        raise statex.StatexError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if args.temperature < 0:
-        raise statex.StatexError(f"--temperature must be >= 0, got {args.temperature}")
+    import math
+
+    if not 1 <= args.max_new_tokens <= 1_000_000:
+        raise statex.StatexError(f"--max-new-tokens must be in [1, 1000000], got {args.max_new_tokens}")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise statex.StatexError(f"--temperature must be a finite number >= 0, got {args.temperature}")
     if args.top_k is not None and args.top_k < 1:
         raise statex.StatexError(f"--top-k must be >= 1, got {args.top_k}")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
+    if args.top_p is not None and not 0 < args.top_p <= 1:  # NaN fails this too
         raise statex.StatexError(f"--top-p must be in (0, 1], got {args.top_p}")
+    check_seed(args.seed)
     config, _ = statex.load_config(args.model)
+    for stop in args.stop_id or ():
+        if not 0 <= stop < config.vocab_size:
+            raise statex.StatexError(f"--stop-id {stop}: not a token id of this model (0 to {config.vocab_size - 1})")
     tokenizer = resolve_tokenizer(args.tokenizer, args.model)
-    ids = tokenizer.encode(args.prompt)
+    check_vocab(tokenizer, config, args.model)
+    try:
+        ids = tokenizer.encode(args.prompt)
+    except UnicodeError:
+        raise statex.StatexError("--prompt is not valid UTF-8 text") from None
     if not ids:
         raise statex.StatexError("the prompt encodes to zero tokens")
     if max(ids) >= config.vocab_size:
@@ -117,7 +120,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     out = model.generate(torch.tensor([ids], device=device), max_new_tokens=args.max_new_tokens,
                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                          stop_tokens=stops)
-    print(args.prompt + tokenizer.decode(out[0, len(ids):].cpu().tolist()))
+    print(args.prompt + tokenizer.decode(out[0, len(ids):].cpu().tolist()), flush=True)
     return 0
 
 
@@ -186,12 +189,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    from statex.data.corpus import corpus_files
+    from statex.outputs import check_output
+
     if args.min_frequency < 1:
         raise statex.StatexError(f"--min-frequency must be >= 1, got {args.min_frequency}")
+    if not str(args.out).strip():
+        raise statex.StatexError("--out: the output path is empty")
     out = Path(args.out)
-    if out.exists() and not out.is_dir() and out.suffix != ".json":
-        raise statex.StatexError(f"--out {out}: exists and is not a directory or a .json file")
-    path = statex.train_bpe_tokenizer(args.data, args.vocab_size, args.out, min_frequency=args.min_frequency)
+    if out.is_dir():
+        out = out / "tokenizer.json"
+    data = corpus_files(args.data)
+    check_output(out, flag="--out", inputs=data, force=args.force, kind="file")
+    path = statex.train_bpe_tokenizer(data, args.vocab_size, out, min_frequency=args.min_frequency)
     tokenizer = statex.load_tokenizer(path)
     print(f"wrote {path}: {tokenizer.vocab_size} tokens, end-of-document id {tokenizer.eos_token_id}")
     return 0
@@ -270,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--vocab-size", type=int, required=True)
     t.add_argument("--out", required=True, help="output tokenizer.json path (or directory)")
     t.add_argument("--min-frequency", type=int, default=2)
+    t.add_argument("--force", action="store_true", help="replace an existing tokenizer file")
     t.set_defaults(func=_cmd_tokenizer_train)
 
     from statex.demo.cli import add_demo_parser
@@ -289,11 +300,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"statex: {exc}", file=sys.stderr)
         return exc.exit_code
     except statex.StatexError as exc:
-        print(f"statex: error: {exc}", file=sys.stderr)
+        print(f"statex: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("statex: error: out of memory (the request is larger than this machine can hold)", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk, a read-only or vanished target, found while writing
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"statex: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("statex: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

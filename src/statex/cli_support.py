@@ -35,6 +35,11 @@ def check_vocab(tokenizer, config, name: str) -> None:
                                  f"vocabulary has {config.vocab_size}: wrong tokenizer for this model")
 
 
+def check_seed(seed: int | None, flag: str = "--seed") -> None:
+    if seed is not None and not 0 <= seed < 2**63:
+        raise statex.StatexError(f"{flag} must be in [0, 2^63), got {seed}")
+
+
 def resolve_tokenizer(spec: str | None, model_path: str):
     if spec is None:
         bundled = Path(model_path) / "tokenizer.json"
@@ -47,7 +52,7 @@ def int_list(text: str | None, parse=int):
         return None
     try:
         return [parse(part) for part in text.split(",") if part.strip()]
-    except ValueError:
+    except (ValueError, OverflowError):
         raise statex.StatexError(f"cannot read the list {text!r}") from None
 
 

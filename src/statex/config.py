@@ -12,9 +12,14 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 from statex.errors import ConfigError
+from statex.validation import check_field_types
 
 FORMAT_NAME = "statex"
 FORMAT_VERSION = 1
+# Sanity bounds of a config's structure (a config is read before anything is allocated, so these keep even
+# ``statex inspect`` of a hostile file cheap); what fits in memory is checked where weights are allocated.
+MAX_LAYERS = 65_536
+MAX_DIM = 2**31 - 1  # a tensor dimension torch indexes with 32-bit offsets in places
 
 
 @dataclass
@@ -52,8 +57,11 @@ class GLASpec:
         return (2 * self.key_dim + self.value_dim) * (self.conv_size - 1)
 
     def validate(self, where: str) -> None:
+        check_field_types(self, f"{where}: ")
         _positive(where, num_heads=self.num_heads, key_dim=self.key_dim, value_dim=self.value_dim,
                   conv_size=self.conv_size, gate_low_rank_dim=self.gate_low_rank_dim)
+        if self.norm_eps <= 0 or self.gate_logit_normalizer <= 0:
+            raise ConfigError(f"{where}: norm_eps and gate_logit_normalizer must be positive")
         if self.key_dim % self.num_heads or self.value_dim % self.num_heads:
             raise ConfigError(
                 f"{where}: num_heads={self.num_heads} must divide key_dim={self.key_dim} "
@@ -99,12 +107,15 @@ class Mamba2Spec:
         return self.conv_dim * (self.d_conv - 1)
 
     def validate(self, where: str) -> None:
+        check_field_types(self, f"{where}: ")
         _positive(where, d_state=self.d_state, nheads=self.nheads, headdim=self.headdim,
                   ngroups=self.ngroups, d_conv=self.d_conv, chunk_size=self.chunk_size)
+        if self.norm_eps <= 0:
+            raise ConfigError(f"{where}: norm_eps must be positive, got {self.norm_eps}")
         if self.nheads % self.ngroups:
             raise ConfigError(f"{where}: ngroups={self.ngroups} must divide nheads={self.nheads}")
         lo, hi = self.dt_limit
-        if not (0.0 <= lo < hi):
+        if not (0.0 <= lo < hi) or math.isinf(lo):
             raise ConfigError(f"{where}: dt_limit must satisfy 0 <= low < high, got {self.dt_limit}")
 
 
@@ -141,15 +152,47 @@ class ModelConfig:
     def validate(self) -> "ModelConfig":
         if self.family not in _SPEC_CLASSES:
             raise ConfigError(f"unknown model family {self.family!r} (expected 'gla' or 'mamba2')")
+        check_field_types(self, "config field ")
         _positive("model", vocab_size=self.vocab_size, d_model=self.d_model, n_layer=len(self.layers))
+        check_layer_count(len(self.layers))
+        if self.norm_eps <= 0 or self.initializer_range < 0:
+            raise ConfigError("config: norm_eps must be positive and initializer_range non-negative")
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            token = getattr(self, name)
+            if token is not None and not 0 <= token < self.vocab_size:
+                raise ConfigError(f"config: {name}={token} is outside the vocabulary [0, {self.vocab_size})")
+        if not all(isinstance(entry, dict) for entry in self.history):
+            raise ConfigError("config field history must be a list of objects")
         for i, spec in enumerate(self.layers):
+            if not isinstance(spec, (GLASpec, Mamba2Spec)):
+                raise ConfigError(f"layer {i}: not a mixer spec")
             if spec.kind != self.family:
                 raise ConfigError(f"layer {i}: mixer kind {spec.kind!r} does not match family {self.family!r}")
             spec.validate(f"layer {i}")
         if self.family == "gla":
             if not self.intermediate_size or self.intermediate_size <= 0:
                 raise ConfigError("a GLA config needs a positive intermediate_size")
+        for name in ("vocab_size", "d_model", "intermediate_size"):
+            if (getattr(self, name) or 0) > MAX_DIM:
+                raise ConfigError(f"config: {name}={getattr(self, name)} is larger than any tensor can be ({MAX_DIM})")
         return self
+
+    def parameter_count(self) -> int:
+        """Parameters of the model this config builds, counted from the shapes alone (no allocation)."""
+        d = self.d_model
+        total = self.vocab_size * d * (1 if self.tie_embeddings else 2) + d  # embeddings, head, final norm
+        for spec in self.layers:
+            if isinstance(spec, GLASpec):
+                k, v, r = spec.key_dim, spec.value_dim, spec.gate_low_rank_dim
+                total += d * (2 * k + 2 * v) + v * d + d * r + r * k + k + spec.head_v_dim  # q k v g o, gate, norm
+                if spec.use_short_conv:
+                    total += (2 * k + v) * (spec.conv_size + int(spec.conv_bias))
+                total += 2 * d + 3 * d * (self.intermediate_size or 0)  # attn_norm, mlp_norm, SwiGLU
+            else:
+                bias = int(spec.bias)
+                total += (d + bias) * spec.in_proj_dim + (spec.d_inner + bias) * d
+                total += spec.conv_dim * (spec.d_conv + int(spec.conv_bias)) + 3 * spec.nheads + spec.d_inner + d
+        return total
 
     def to_dict(self) -> dict[str, Any]:
         out = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION}
@@ -165,6 +208,8 @@ class ModelConfig:
         data = dict(data)
         data.pop("format", None)
         version = data.pop("format_version", FORMAT_VERSION)
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise ConfigError(f"config format_version must be a positive integer, got {version!r}")
         if version > FORMAT_VERSION:
             raise ConfigError(f"config format_version {version} is newer than this statex ({FORMAT_VERSION})")
         names = {f.name for f in dataclasses.fields(cls)}
@@ -176,6 +221,7 @@ class ModelConfig:
                 raise ConfigError(f"config is missing the field {required!r}")
         if not isinstance(data["layers"], list):
             raise ConfigError("config field 'layers' must be a list of mixer specs")
+        check_layer_count(len(data["layers"]))
         data["layers"] = [_spec_from_dict(d, i) for i, d in enumerate(data["layers"])]
         return cls(**data).validate()
 
@@ -201,18 +247,52 @@ def _spec_from_dict(data: Any, index: int) -> MixerSpec:
     if unknown:
         raise ConfigError(f"layer {index}: unknown {kind} field(s): {', '.join(unknown)}")
     if kind == "mamba2" and "dt_limit" in data:
-        lo, hi = data["dt_limit"]
-        data["dt_limit"] = (float(lo), math.inf if hi is None else float(hi))
+        data["dt_limit"] = time_step_limit(data["dt_limit"], f"layer {index}")
     try:
         return spec_cls(**data)
     except TypeError as exc:
         raise ConfigError(f"layer {index}: {exc}") from None
 
 
+def check_layer_count(n_layer: Any, where: str = "config") -> int:
+    """A layer count read from a config, refused before a list of that many layers is built."""
+    if not isinstance(n_layer, int) or isinstance(n_layer, bool) or n_layer < 1:
+        raise ConfigError(f"{where}: the number of layers must be a positive integer, got {n_layer!r}")
+    if n_layer > MAX_LAYERS:
+        raise ConfigError(f"{where}: {n_layer:,} layers is more than statex supports ({MAX_LAYERS:,})")
+    return n_layer
+
+
+def time_step_limit(value: Any, where: str) -> tuple[float, float]:
+    """Mamba2's (low, high) time-step limit; accepts numbers, null/None for infinity, "inf"/"Infinity" strings
+    and transformers' ``{"__float__": "Infinity"}`` encoding."""
+
+    def as_float(v: Any) -> float:
+        if v is None:
+            return math.inf
+        if isinstance(v, dict) and "__float__" in v:
+            v = v["__float__"]
+        if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+            raise ConfigError(f"{where}: cannot read the time-step limit value {v!r}")
+        try:
+            out = float(v)
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(f"{where}: cannot read the time-step limit value {v!r}") from None
+        if math.isnan(out):
+            raise ConfigError(f"{where}: the time-step limit cannot be NaN")
+        return out
+
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ConfigError(f"{where}: the time-step limit dt_limit must be a pair (low, high), got {value!r}")
+    return as_float(value[0]), as_float(value[1])
+
+
 def _positive(where: str, **values: int) -> None:
     for name, value in values.items():
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ConfigError(f"{where}: {name} must be a positive integer, got {value!r}")
+            raise ConfigError(f"{where}: {name} must be a positive integer, got {value!r:.60}")
+        if value > MAX_DIM:
+            raise ConfigError(f"{where}: {name}={value} is larger than any tensor can be ({MAX_DIM})")
 
 
 def gla_intermediate_size(d_model: int, hidden_ratio: float = 4) -> int:

@@ -159,7 +159,9 @@ def expand(
     }]
 
     from statex.models import build_model
+    from statex.models.lm import require_model_memory
 
+    require_model_memory(new_config, next(model.parameters()).dtype, next(model.parameters()).device, copies=2)
     new_model = build_model(new_config, device="meta")
     generator = torch.Generator().manual_seed(seed)
     source = model.state_dict()

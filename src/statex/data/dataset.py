@@ -9,6 +9,7 @@ and 2 processes with batch b read exactly the sequences that 1 process with batc
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +20,7 @@ from statex.data.synthetic import IGNORE, MQARSpec, mqar_sequence, passkey_seque
 from statex.errors import StatexError
 
 SYNTHETIC_KINDS = ("mqar", "passkey")
+PASSKEY_MIN_LEN = 64
 
 
 @dataclass
@@ -66,8 +68,8 @@ class TrainStream:
         self.cumulative = torch.tensor(weights, dtype=torch.float64).cumsum(0) / sum(weights)
         if any(s.kind == "mqar" for s in self.synthetic) and seq_len < 4:
             raise StatexError("MQAR sequences need --seq-len >= 4")
-        if any(s.kind == "passkey" for s in self.synthetic) and seq_len < 64:
-            raise StatexError("passkey sequences need --seq-len >= 64")
+        if any(s.kind == "passkey" for s in self.synthetic) and seq_len < PASSKEY_MIN_LEN:
+            raise StatexError(f"passkey sequences need --seq-len >= {PASSKEY_MIN_LEN}")
         self._perm_epoch, self._perm = None, None
 
     def _permutation(self, epoch: int) -> torch.Tensor:
@@ -108,6 +110,8 @@ def parse_synthetic(spec: str | list | None) -> list[SyntheticSource]:
     items = spec if isinstance(spec, list) else [part for part in str(spec).split(",") if part.strip()]
     sources = []
     for item in items:
+        if not isinstance(item, (dict, str)):
+            raise StatexError(f"synthetic source {item!r:.60}: expected kind:weight or a mapping with kind")
         if isinstance(item, dict):
             kind, weight = item.get("kind"), item.get("weight", 1.0)
             extra = {k: v for k, v in item.items() if k not in ("kind", "weight")}
@@ -117,18 +121,24 @@ def parse_synthetic(spec: str | list | None) -> list[SyntheticSource]:
         if kind not in SYNTHETIC_KINDS:
             raise StatexError(f"unknown synthetic source {kind!r} (choose from {', '.join(SYNTHETIC_KINDS)})")
         try:
-            weight = float(weight)
-        except ValueError:
-            raise StatexError(f"synthetic source {item!r}: weight must be a number") from None
+            weight = float(weight) if not isinstance(weight, bool) else math.nan
+        except (TypeError, ValueError, OverflowError):
+            weight = math.nan
+        if not (math.isfinite(weight) and weight >= 0):
+            raise StatexError(f"synthetic source {kind}: the weight must be a finite number >= 0, got {item!r:.60}")
         source = SyntheticSource(kind, weight)
         if "num_pairs" in extra:
-            low, high = extra.pop("num_pairs")
-            source.num_pairs = (int(low), int(high))
+            pair = extra.pop("num_pairs")
+            if not (isinstance(pair, (list, tuple)) and len(pair) == 2
+                    and all(isinstance(v, int) and not isinstance(v, bool) for v in pair)):
+                raise StatexError(f"synthetic source {kind}: num_pairs must be a list [low, high] of integers, "
+                                  f"got {pair!r:.60}")
+            source.num_pairs = (pair[0], pair[1])
             if not 1 <= source.num_pairs[0] <= source.num_pairs[1]:
-                raise StatexError(f"synthetic source {kind}: num_pairs [{low}, {high}] must be 1 <= low <= high")
+                raise StatexError(f"synthetic source {kind}: num_pairs {list(pair)} must be 1 <= low <= high")
         if "keys" in extra and kind == "mqar":
             source.keys = extra.pop("keys")
-            if not isinstance(source.keys, int) or source.keys < 1:
+            if not isinstance(source.keys, int) or isinstance(source.keys, bool) or source.keys < 1:
                 raise StatexError(f"synthetic source mqar: keys must be a positive integer, got {source.keys!r}")
         if extra:
             raise StatexError(f"synthetic source {kind}: unknown field(s) {', '.join(sorted(extra))}")
@@ -138,10 +148,15 @@ def parse_synthetic(spec: str | list | None) -> list[SyntheticSource]:
 
 def check_synthetic(sources: list[SyntheticSource], tokenizer, seq_len: int) -> None:
     """Errors of a synthetic mixture that only the tokenizer reveals, raised before any training: an MQAR
-    source's largest pair count (as many as fit ``seq_len``) needs that many distinct keys."""
+    source's largest pair count (as many as fit ``seq_len``) needs that many distinct keys; each kind needs room
+    in a sequence."""
     for source in sources:
+        if source.kind == "passkey" and seq_len < PASSKEY_MIN_LEN:
+            raise StatexError(f"synthetic passkey sequences need --seq-len >= {PASSKEY_MIN_LEN}, got {seq_len}")
         if source.kind != "mqar":
             continue
+        if seq_len < 4:
+            raise StatexError(f"synthetic MQAR sequences need --seq-len >= 4 (4 positions per pair), got {seq_len}")
         try:
             spec = source.mqar or MQARSpec.for_tokenizer(tokenizer, keys=source.keys)
         except ValueError as exc:

@@ -9,10 +9,28 @@ Supported sources:
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
-from statex.config import GLASpec, Mamba2Spec, ModelConfig
+from statex.config import GLASpec, Mamba2Spec, ModelConfig, check_layer_count, time_step_limit
 from statex.errors import ConfigError
+from statex.validation import value_matches
+
+_REQUIRED = object()
+_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _get(cfg: dict[str, Any], name: str, kind: Any, where: str, default: Any = _REQUIRED) -> Any:
+    """A field of a foreign config, type-checked before any arithmetic is done with it; a missing (or null)
+    field takes ``default``."""
+    value = cfg.get(name)
+    if value is None:
+        if default is _REQUIRED:
+            raise ConfigError(f"{where} config is missing the field {name!r}")
+        return default
+    if not value_matches(value, kind):
+        wanted = _NAMES.get(kind, "a valid value")
+        raise ConfigError(f"{where}: config field {name} must be {wanted}, got {value!r:.60}")
+    return value
 
 
 def detect_format(config: dict[str, Any]) -> str:
@@ -31,12 +49,6 @@ def detect_format(config: dict[str, Any]) -> str:
     )
 
 
-def _require(config: dict[str, Any], *names: str, where: str) -> None:
-    for name in names:
-        if name not in config:
-            raise ConfigError(f"{where} config is missing the field {name!r}")
-
-
 def _refuse(where: str, **conditions: bool) -> None:
     for what, unsupported in conditions.items():
         if unsupported:
@@ -45,9 +57,10 @@ def _refuse(where: str, **conditions: bool) -> None:
 
 def config_from_fla_gla(cfg: dict[str, Any]) -> ModelConfig:
     where = "fla GLA"
-    _require(cfg, "hidden_size", "num_hidden_layers", "vocab_size", where=where)
-    d = cfg["hidden_size"]
-    heads = cfg.get("num_heads", 4)
+    d = _get(cfg, "hidden_size", int, where)
+    n_layer = check_layer_count(_get(cfg, "num_hidden_layers", int, where), where)
+    vocab = _get(cfg, "vocab_size", int, where)
+    heads = _get(cfg, "num_heads", int, where, 4)
     _refuse(
         where,
         **{
@@ -64,38 +77,38 @@ def config_from_fla_gla(cfg: dict[str, Any]) -> ModelConfig:
             not in ("chunk", "fused_chunk", "fused_recurrent"),
         },
     )
-    key_dim, value_dim = d * cfg.get("expand_k", 0.5), d * cfg.get("expand_v", 1.0)
+    key_dim, value_dim = d * _get(cfg, "expand_k", float, where, 0.5), d * _get(cfg, "expand_v", float, where, 1.0)
     if not (math.isclose(key_dim, round(key_dim)) and math.isclose(value_dim, round(value_dim))):
         raise ConfigError(f"{where}: hidden_size * expand_k and hidden_size * expand_v must be integers")
-    norm_eps = cfg.get("norm_eps", 1e-6)
+    norm_eps = _get(cfg, "norm_eps", float, where, 1e-6)
     spec = dict(
         num_heads=heads,
         key_dim=round(key_dim),
         value_dim=round(value_dim),
-        use_short_conv=bool(cfg.get("use_short_conv", False)),
-        conv_size=cfg.get("conv_size", 4),
-        conv_bias=bool(cfg.get("conv_bias", False)),
-        gate_low_rank_dim=cfg.get("gate_low_rank_dim", 16),
-        gate_logit_normalizer=float(cfg.get("gate_logit_normalizer", 16)),
-        clamp_min=cfg.get("clamp_min"),
+        use_short_conv=_get(cfg, "use_short_conv", bool, where, False),
+        conv_size=_get(cfg, "conv_size", int, where, 4),
+        conv_bias=_get(cfg, "conv_bias", bool, where, False),
+        gate_low_rank_dim=_get(cfg, "gate_low_rank_dim", int, where, 16),
+        gate_logit_normalizer=float(_get(cfg, "gate_logit_normalizer", float, where, 16)),
+        clamp_min=_get(cfg, "clamp_min", Optional[float], where, None),
         norm_eps=norm_eps,
     )
-    intermediate = cfg.get("intermediate_size")
+    intermediate = _get(cfg, "intermediate_size", int, where, None)
     if intermediate is None:
-        ratio = cfg.get("hidden_ratio") or 4
+        ratio = _get(cfg, "hidden_ratio", float, where, 4)
         intermediate = 256 * ((int(d * ratio * 2 / 3) + 255) // 256)
     return ModelConfig(
         family="gla",
-        vocab_size=cfg["vocab_size"],
+        vocab_size=vocab,
         d_model=d,
-        layers=[GLASpec(**spec) for _ in range(cfg["num_hidden_layers"])],
+        layers=[GLASpec(**spec) for _ in range(n_layer)],
         norm_eps=norm_eps,
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        tie_embeddings=_get(cfg, "tie_word_embeddings", bool, where, False),
         intermediate_size=intermediate,
-        initializer_range=cfg.get("initializer_range", 0.02),
-        bos_token_id=cfg.get("bos_token_id"),
-        eos_token_id=_single_id(cfg.get("eos_token_id")),
-        pad_token_id=cfg.get("pad_token_id"),
+        initializer_range=_get(cfg, "initializer_range", float, where, 0.02),
+        bos_token_id=_get(cfg, "bos_token_id", int, where, None),
+        eos_token_id=_single_id(cfg.get("eos_token_id"), where),
+        pad_token_id=_get(cfg, "pad_token_id", int, where, None),
     ).validate()
 
 
@@ -108,8 +121,14 @@ def rename_fla_gla(key: str) -> str:
 
 def config_from_mamba_ssm(cfg: dict[str, Any]) -> ModelConfig:
     where = "mamba_ssm"
-    _require(cfg, "d_model", "n_layer", "vocab_size", where=where)
-    ssm = dict(cfg.get("ssm_cfg") or {})
+    d = _get(cfg, "d_model", int, where)
+    n_layer = check_layer_count(_get(cfg, "n_layer", int, where), where)
+    vocab = _get(cfg, "vocab_size", int, where)
+    ssm = cfg.get("ssm_cfg") or {}
+    if not isinstance(ssm, dict):
+        raise ConfigError(f"{where}: ssm_cfg must be a mapping, got {ssm!r:.60}")
+    ssm = dict(ssm)
+    expand = _get(ssm, "expand", int, where, 2)
     layer = ssm.pop("layer", "Mamba1")
     _refuse(
         where,
@@ -118,81 +137,80 @@ def config_from_mamba_ssm(cfg: dict[str, Any]) -> ModelConfig:
             "d_intermediate > 0 (MLP blocks)": bool(cfg.get("d_intermediate", 0)),
             "attn_layer_idx (hybrid attention layers)": bool(cfg.get("attn_layer_idx")),
             "rms_norm=false (LayerNorm)": cfg.get("rms_norm", True) is False,
-            "ssm_cfg.d_ssm != d_inner": ssm.get("d_ssm") not in (None, ssm.get("expand", 2) * cfg["d_model"]),
+            "ssm_cfg.d_ssm != d_inner": ssm.get("d_ssm") not in (None, expand * d),
             "ssm_cfg.rmsnorm=false": ssm.get("rmsnorm", True) is False,
             "ssm_cfg.norm_before_gate=true": ssm.get("norm_before_gate", False) is True,
             "ssm_cfg.D_has_hdim=true": ssm.get("D_has_hdim", False) is True,
         },
     )
-    d = cfg["d_model"]
-    d_inner = ssm.get("expand", 2) * d
-    headdim = ssm.get("headdim", 64)
-    if d_inner % headdim:
+    d_inner = expand * d
+    headdim = _get(ssm, "headdim", int, where, 64)
+    if headdim < 1 or d_inner % headdim:
         raise ConfigError(f"{where}: headdim={headdim} does not divide d_inner={d_inner}")
     spec = dict(
-        d_state=ssm.get("d_state", 128),
+        d_state=_get(ssm, "d_state", int, where, 128),
         nheads=d_inner // headdim,
         headdim=headdim,
-        ngroups=ssm.get("ngroups", 1),
-        d_conv=ssm.get("d_conv", 4),
-        conv_bias=bool(ssm.get("conv_bias", True)),
-        bias=bool(ssm.get("bias", False)),
-        dt_limit=_limit_pair(ssm.get("dt_limit", (0.0, math.inf)), where),
+        ngroups=_get(ssm, "ngroups", int, where, 1),
+        d_conv=_get(ssm, "d_conv", int, where, 4),
+        conv_bias=_get(ssm, "conv_bias", bool, where, True),
+        bias=_get(ssm, "bias", bool, where, False),
+        dt_limit=time_step_limit(ssm.get("dt_limit", (0.0, math.inf)), where),
         norm_eps=1e-5,  # mamba_ssm's Mamba2 hard-codes the gated norm's eps
-        chunk_size=ssm.get("chunk_size", 256),
+        chunk_size=_get(ssm, "chunk_size", int, where, 256),
     )
-    vocab = cfg["vocab_size"]
-    multiple = cfg.get("pad_vocab_size_multiple", 8)
-    if multiple and vocab % multiple:
+    multiple = _get(cfg, "pad_vocab_size_multiple", int, where, 8)
+    if multiple > 0 and vocab % multiple:
         vocab += multiple - vocab % multiple
     return ModelConfig(
         family="mamba2",
         vocab_size=vocab,
         d_model=d,
-        layers=[Mamba2Spec(**spec) for _ in range(cfg["n_layer"])],
-        norm_eps=cfg.get("norm_epsilon", 1e-5),
-        tie_embeddings=bool(cfg.get("tie_embeddings", True)),
-        residual_in_fp32=bool(cfg.get("residual_in_fp32", True)),
+        layers=[Mamba2Spec(**spec) for _ in range(n_layer)],
+        norm_eps=_get(cfg, "norm_epsilon", float, where, 1e-5),
+        tie_embeddings=_get(cfg, "tie_embeddings", bool, where, True),
+        residual_in_fp32=_get(cfg, "residual_in_fp32", bool, where, True),
     ).validate()
 
 
 def config_from_hf_mamba2(cfg: dict[str, Any]) -> ModelConfig:
     where = "HF Mamba2"
     # HF's Mamba2Config defaults describe a 7B model (n_groups 8, num_heads 128): require the shape fields.
-    _require(cfg, "hidden_size", "num_hidden_layers", "vocab_size", "num_heads", "head_dim", "state_size",
-             "n_groups", where=where)
-    d, expand = cfg["hidden_size"], cfg.get("expand", 2)
-    if cfg["num_heads"] * cfg["head_dim"] != expand * d:
+    d, expand = _get(cfg, "hidden_size", int, where), _get(cfg, "expand", int, where, 2)
+    n_layer = check_layer_count(_get(cfg, "num_hidden_layers", int, where), where)
+    vocab = _get(cfg, "vocab_size", int, where)
+    heads, headdim = _get(cfg, "num_heads", int, where), _get(cfg, "head_dim", int, where)
+    state, groups = _get(cfg, "state_size", int, where), _get(cfg, "n_groups", int, where)
+    if heads * headdim != expand * d:
         raise ConfigError(
-            f"{where}: num_heads * head_dim ({cfg['num_heads'] * cfg['head_dim']}) must equal "
-            f"expand * hidden_size ({expand * d})"
+            f"{where}: num_heads * head_dim ({heads * headdim}) must equal expand * hidden_size ({expand * d})"
         )
     _refuse(where, **{"rms_norm=false": cfg.get("rms_norm", True) is False,
                       f"hidden_act={cfg.get('hidden_act')!r}": cfg.get("hidden_act", "silu") not in ("silu", "swish")})
-    eps = cfg.get("layer_norm_epsilon", 1e-5)
+    eps = _get(cfg, "layer_norm_epsilon", float, where, 1e-5)
     spec = dict(
-        d_state=cfg["state_size"],
-        nheads=cfg["num_heads"],
-        headdim=cfg["head_dim"],
-        ngroups=cfg["n_groups"],
-        d_conv=cfg.get("conv_kernel", 4),
-        conv_bias=bool(cfg.get("use_conv_bias", True)),
-        bias=bool(cfg.get("use_bias", False)),
-        dt_limit=_limit_pair(cfg.get("time_step_limit", (0.0, math.inf)), where),
+        d_state=state,
+        nheads=heads,
+        headdim=headdim,
+        ngroups=groups,
+        d_conv=_get(cfg, "conv_kernel", int, where, 4),
+        conv_bias=_get(cfg, "use_conv_bias", bool, where, True),
+        bias=_get(cfg, "use_bias", bool, where, False),
+        dt_limit=time_step_limit(cfg.get("time_step_limit", (0.0, math.inf)), where),
         norm_eps=eps,
-        chunk_size=cfg.get("chunk_size", 256),
+        chunk_size=_get(cfg, "chunk_size", int, where, 256),
     )
     return ModelConfig(
         family="mamba2",
-        vocab_size=cfg["vocab_size"],
+        vocab_size=vocab,
         d_model=d,
-        layers=[Mamba2Spec(**spec) for _ in range(cfg["num_hidden_layers"])],
+        layers=[Mamba2Spec(**spec) for _ in range(n_layer)],
         norm_eps=eps,
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        residual_in_fp32=bool(cfg.get("residual_in_fp32", True)),
-        bos_token_id=cfg.get("bos_token_id"),
-        eos_token_id=_single_id(cfg.get("eos_token_id")),
-        pad_token_id=cfg.get("pad_token_id"),
+        tie_embeddings=_get(cfg, "tie_word_embeddings", bool, where, False),
+        residual_in_fp32=_get(cfg, "residual_in_fp32", bool, where, True),
+        bos_token_id=_get(cfg, "bos_token_id", int, where, None),
+        eos_token_id=_single_id(cfg.get("eos_token_id"), where),
+        pad_token_id=_get(cfg, "pad_token_id", int, where, None),
     ).validate()
 
 
@@ -202,28 +220,11 @@ def rename_hf_mamba2(key: str) -> str:
     return key
 
 
-def _limit_pair(value: Any, where: str) -> tuple[float, float]:
-    """A (low, high) time-step limit; accepts numbers, null/None for infinity, "inf"/"Infinity" strings and
-    transformers' ``{"__float__": "Infinity"}`` encoding."""
-
-    def as_float(v: Any) -> float:
-        if v is None:
-            return math.inf
-        if isinstance(v, dict) and "__float__" in v:
-            v = v["__float__"]
-        try:
-            return float(v)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: cannot read the time-step limit value {v!r}") from None
-
-    if not isinstance(value, (list, tuple)) or len(value) != 2:
-        raise ConfigError(f"{where}: the time-step limit must be a pair (low, high), got {value!r}")
-    return as_float(value[0]), as_float(value[1])
-
-
-def _single_id(value: Any) -> int | None:
+def _single_id(value: Any, where: str) -> int | None:
     if isinstance(value, list):
-        return value[0] if value else None
+        value = value[0] if value else None
+    if value is not None and not value_matches(value, int):
+        raise ConfigError(f"{where}: config field eos_token_id must be an integer, got {value!r:.60}")
     return value
 
 

@@ -9,8 +9,9 @@ import torch
 
 from statex.config import ModelConfig
 from statex.errors import CheckpointError, ConfigError
+from statex.files import read_limited
 from statex.io.formats import CONFIG_READERS, RENAMERS, detect_format
-from statex.io.weights import WeightSource, find_weight_file, load_into
+from statex.io.weights import WeightSource, check_source, find_weight_file, load_into
 
 
 def _config_path(path: str | Path) -> Path:
@@ -26,12 +27,18 @@ def _config_path(path: str | Path) -> Path:
     return path / "config.json"
 
 
+CONFIG_LIMIT = 16 * 2**20  # a config.json is a few kilobytes; a larger one is not read whole
+
+
 def read_config_json(path: str | Path) -> dict[str, Any]:
     config_file = _config_path(path)
+    raw = read_limited(config_file, CONFIG_LIMIT, "config")
     try:
-        data = json.loads(config_file.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ConfigError(f"{config_file}: not valid JSON ({exc})") from None
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"{config_file}: not valid JSON ({str(exc)[:120]})") from None
+    except RecursionError:
+        raise ConfigError(f"{config_file}: not a config (JSON nested too deeply)") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{config_file}: expected a JSON object")
     return data
@@ -40,11 +47,15 @@ def read_config_json(path: str | Path) -> dict[str, Any]:
 def load_config(path: str | Path) -> tuple[ModelConfig, str]:
     """(ModelConfig, source format) from a directory's config.json; no weights are read."""
     data = read_config_json(path)
-    fmt = detect_format(data)
     try:
+        fmt = detect_format(data)
         return CONFIG_READERS[fmt](data), fmt
     except ConfigError as exc:
         raise ConfigError(f"{_config_path(path)}: {exc}") from None
+    except (TypeError, ValueError, OverflowError, KeyError, AttributeError, RecursionError) as exc:
+        # a value of a kind no reader expects: still one line naming the file
+        raise ConfigError(f"{_config_path(path)}: cannot read this config ({type(exc).__name__}: "
+                          f"{str(exc)[:120]})") from None
 
 
 def load_model(path: str | Path, dtype: torch.dtype | str | None = torch.float32,
@@ -57,8 +68,10 @@ def load_model(path: str | Path, dtype: torch.dtype | str | None = torch.float32
     so the model computes the same bits as the one that was saved, on any machine.
     """
     from statex.models import build_model
+    from statex.models.lm import require_model_memory
 
     config, fmt = load_config(path)
+    require_model_memory(config, dtype if isinstance(dtype, torch.dtype) else torch.float32, device)
     directory = _config_path(path).parent
     weights = find_weight_file(directory)
     model = build_model(config, device="meta")
@@ -72,3 +85,15 @@ def load_model(path: str | Path, dtype: torch.dtype | str | None = torch.float32
         raise CheckpointError(f"{weights}: missing weight {leftover[0]!r}")
     model.source_format = fmt
     return model.to(device).eval()
+
+
+def check_weights(path: str | Path) -> None:
+    """Every error ``load_model(path)`` would raise about the weight files (missing, unreadable, truncated
+    headers, wrong names, shapes or dtypes), found from the files' headers without reading tensor data."""
+    from statex.models import build_model
+
+    config, fmt = load_config(path)
+    model = build_model(config, device="meta")
+    optional = {"lm_head.weight"} if config.tie_embeddings else set()
+    with WeightSource(find_weight_file(_config_path(path).parent)) as source:
+        check_source(model, source, rename=RENAMERS[fmt], optional=optional)

@@ -3,14 +3,15 @@ library's parameter names. Written to a temporary directory beside the target, t
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from safetensors.torch import save_file
 
 from statex.errors import StatexError
+from statex.files import clean_stale_temporaries, temporary_directory
 
 
 def save_model(model, path: str | Path) -> None:
@@ -23,10 +24,12 @@ def save_model(model, path: str | Path) -> None:
         if name == "lm_head.weight" and model.config.tie_embeddings:
             continue  # tied to the embedding; safetensors stores each tensor once
         tensors[name] = tensor.detach().to("cpu").contiguous()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    clean_stale_temporaries(path.parent)
+    tmp = temporary_directory(path)
     try:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+        (tmp / "config.json").write_text(json.dumps(_finite(model.config.to_dict()), indent=2, allow_nan=False)
+                                         + "\n")
         if path.is_dir():
             # keep whatever else the directory holds (a tokenizer, say); replace our two files atomically
             for name in ("model.safetensors", "config.json"):
@@ -37,3 +40,14 @@ def save_model(model, path: str | Path) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _finite(value):
+    """The config as strict JSON: an infinite float (Mamba2's open dt_limit bound) becomes null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value

@@ -9,13 +9,15 @@ data), and at most one full copy of the weights plus one tensor is held at any t
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import warnings
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Callable
 
 import torch
 
 from statex.errors import CheckpointError
 
+INDEX_LIMIT = 64 * 2**20
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 
@@ -56,15 +58,20 @@ class WeightSource:
     def _shard_paths(self) -> list[Path]:
         if not self.path.name.endswith(".index.json"):
             return [self.path]
+        from statex.files import read_limited
+
         try:
-            index = json.loads(self.path.read_text())
+            index = json.loads(read_limited(self.path, INDEX_LIMIT, "shard index").decode("utf-8"))
             shards = sorted(set(index["weight_map"].values()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise CheckpointError(f"{self.path}: not a valid shard index ({exc})") from None
-        return [self.path.parent / shard for shard in shards]
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            raise CheckpointError(f"{self.path}: not a valid shard index ({str(exc)[:120]})") from None
+        return [_contained_shard(self.path, shard) for shard in shards]
 
     def read(self, name: str) -> torch.Tensor:
         return self._where[name].read(name)
+
+    def dtype(self, name: str) -> torch.dtype | None:
+        return self._where[name].dtype(name)
 
     def close(self) -> None:
         for file in self._files:
@@ -78,6 +85,20 @@ class WeightSource:
         self.close()
 
 
+def _contained_shard(index: Path, shard) -> Path:
+    """A shard an index names, which must be a plain file name inside the model directory: an index can never
+    make statex read a file elsewhere (``../x``, ``/etc/passwd``, ``sub/../../x``)."""
+    if not isinstance(shard, str) or not shard or "\x00" in shard:
+        raise CheckpointError(f"{index}: the shard name {shard!r:.80} is not a file name")
+    relative = PurePosixPath(shard)
+    if relative.is_absolute() or PureWindowsPath(shard).is_absolute() or ".." in relative.parts \
+            or "\\" in shard or not relative.parts:
+        raise CheckpointError(f"{index}: the shard {shard!r:.80} lies outside the model directory; refusing to read it")
+    if relative.suffix not in (".safetensors", ".bin", ".pt"):
+        raise CheckpointError(f"{index}: the shard {shard!r:.80} is not a weight file (.safetensors or .bin)")
+    return index.parent / relative
+
+
 class _File:
     def shapes(self) -> dict[str, tuple[int, ...]]:
         raise NotImplementedError
@@ -85,8 +106,16 @@ class _File:
     def read(self, name: str) -> torch.Tensor:
         raise NotImplementedError
 
+    def dtype(self, name: str) -> torch.dtype | None:
+        return None
+
     def close(self) -> None:
         pass
+
+
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool}
 
 
 class _Safetensors(_File):
@@ -96,12 +125,17 @@ class _Safetensors(_File):
         self.path, self._error = path, SafetensorError
         try:
             self.handle = safe_open(str(path), framework="pt", device="cpu")
-            self._shapes = {name: tuple(self.handle.get_slice(name).get_shape()) for name in self.handle.keys()}
+            slices = {name: self.handle.get_slice(name) for name in self.handle.keys()}
+            self._shapes = {name: tuple(piece.get_shape()) for name, piece in slices.items()}
+            self._dtypes = {name: _SAFETENSORS_DTYPES.get(piece.get_dtype()) for name, piece in slices.items()}
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"{path}: unreadable safetensors file ({_first_line(exc)})") from None
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return self._shapes
+
+    def dtype(self, name: str) -> torch.dtype | None:
+        return self._dtypes.get(name)
 
     def read(self, name: str) -> torch.Tensor:
         try:
@@ -129,6 +163,9 @@ class _Pickle(_File):
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {name: tuple(t.shape) for name, t in self.tensors.items()}
 
+    def dtype(self, name: str) -> torch.dtype | None:
+        return self.tensors[name].dtype
+
     def read(self, name: str) -> torch.Tensor:
         return self.tensors.pop(name)  # released here once the caller has copied it
 
@@ -139,6 +176,12 @@ class _Pickle(_File):
 def _torch_load(path: Path):
     """``torch.load(weights_only=True)``, memory-mapped where the file's format allows it (the zip format
     of torch >= 1.6), so that the pickle's tensors are not all resident at once."""
+    with warnings.catch_warnings():  # torch warns about legacy files before refusing them; the error says it
+        warnings.simplefilter("ignore")
+        return _torch_load_quiet(path)
+
+
+def _torch_load_quiet(path: Path):
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
     except RuntimeError as exc:
@@ -180,6 +223,16 @@ def load_into(
     ``rename`` maps a file's names to the model's. ``dtype`` casts floating tensors (None keeps the stored
     dtype). Every parameter and buffer ends up in memory of its own (never a view into the file).
     """
+    by_model_name = check_source(model, source, rename, optional)
+    # one stored tensor at a time: read, copy into memory of its own, release
+    owned = {key: owned_copy(source.read(stored), dtype) for key, stored in by_model_name.items()}
+    model.load_state_dict(owned, strict=False, assign=True)
+
+
+def check_source(model: torch.nn.Module, source: WeightSource, rename: Callable[[str], str] | None = None,
+                 optional: set[str] = frozenset()) -> dict[str, str]:
+    """The strict check of ``load_into`` alone (names, shapes, dtypes; no tensor data read). Returns the map
+    from the model's names to the stored ones."""
     where = str(source.path)
     by_model_name: dict[str, str] = {}
     for stored in source.shapes:
@@ -197,14 +250,16 @@ def load_into(
         more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
         raise CheckpointError(f"{where}: unexpected weight {unexpected[0]!r}{more}")
     for key, stored in by_model_name.items():
+        stored_dtype = source.dtype(stored)
+        if stored_dtype is not None and expected[key].is_floating_point() and not stored_dtype.is_floating_point:
+            raise CheckpointError(f"{where}: {key!r} is stored as {str(stored_dtype).replace('torch.', '')}, "
+                                  "expected floating-point weights")
         if tuple(source.shapes[stored]) != tuple(expected[key].shape):
             raise CheckpointError(
                 f"{where}: shape mismatch for {key!r}: checkpoint {tuple(source.shapes[stored])}, "
                 f"config expects {tuple(expected[key].shape)}"
             )
-    # one stored tensor at a time: read, copy into memory of its own, release
-    owned = {key: owned_copy(source.read(stored), dtype) for key, stored in by_model_name.items()}
-    model.load_state_dict(owned, strict=False, assign=True)
+    return by_model_name
 
 
 def _first_line(exc: BaseException) -> str:

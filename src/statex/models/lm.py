@@ -250,10 +250,23 @@ class Mamba2ForCausalLM(CausalLM):
 _FAMILIES = {"gla": GLAForCausalLM, "mamba2": Mamba2ForCausalLM}
 
 
+def require_model_memory(config: ModelConfig, dtype: torch.dtype = torch.float32, device=None,
+                         copies: int = 1) -> None:
+    """Refuse, before allocating, a model whose weights (times ``copies``) cannot fit in memory."""
+    from statex.resources import require_memory
+
+    count = config.parameter_count()
+    size = torch.empty((), dtype=dtype).element_size()
+    target = torch.device(device) if device is not None else None
+    require_memory(count * size * copies, f"a model of {count:,} parameters", target)
+
+
 def build_model(config: ModelConfig, device: str | torch.device | None = None,
                 dtype: torch.dtype | None = None, seed: int | None = None) -> CausalLM:
     """A freshly initialised model (on the meta device: shapes only, no memory)."""
     config.validate()
+    if device is None or torch.device(device).type != "meta":
+        require_model_memory(config, dtype or torch.float32, device)
     rng = torch.random.fork_rng() if seed is not None else contextlib.nullcontext()
     with rng:
         if seed is not None:

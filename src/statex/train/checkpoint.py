@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,10 @@ from typing import Any
 import torch
 
 from statex.errors import StatexError
+from statex.files import clean_stale_temporaries, temporary_directory
+
+# what a trainer.pt must hold to be resumed from (an older or foreign file without them is skipped)
+TRAINER_STATE_KEYS = ("step", "data_position", "optimizer", "rng")
 
 PREFIX = "step-"
 
@@ -45,8 +48,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(out: str | Path, step: int, model, trainer_state: dict[str, Any], keep: int) -> Path:
     root = Path(out) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
+    clean_stale_temporaries(root)
     final = root / f"{PREFIX}{step:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+    tmp = temporary_directory(final)
     try:
         model.save_pretrained(tmp / "model")
         torch.save(trainer_state, tmp / "trainer.pt")
@@ -60,6 +64,21 @@ def save_checkpoint(out: str | Path, step: int, model, trainer_state: dict[str, 
     return final
 
 
+def latest_model_config(out: str | Path):
+    """The model config of the newest checkpoint whose config.json reads (None without checkpoints)."""
+    from statex.io import load_config
+
+    candidates = checkpoint_dirs(out)
+    for path in reversed(candidates):
+        try:
+            return load_config(path / "model")[0]
+        except StatexError:
+            continue
+    if candidates:
+        raise StatexError(f"{out}: none of the {len(candidates)} checkpoints has a readable config.json")
+    return None
+
+
 def load_latest_checkpoint(out: str | Path):
     """(model, trainer_state, path) of the newest readable checkpoint; a corrupt one is skipped with a warning.
     Returns None when OUT has no checkpoint."""
@@ -70,8 +89,9 @@ def load_latest_checkpoint(out: str | Path):
         try:
             model = load_model(path / "model", dtype=None)
             state = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)
-            if not isinstance(state, dict) or "step" not in state:
-                raise StatexError("trainer.pt lacks the step")
+            lacking = [key for key in TRAINER_STATE_KEYS if not isinstance(state, dict) or key not in state]
+            if lacking:
+                raise StatexError(f"trainer.pt lacks {', '.join(lacking)}")
             return model, state, path
         except Exception as exc:  # any unreadable file: fall back to the previous checkpoint
             warnings.warn(f"checkpoint {path} is unreadable ({str(exc).splitlines()[0][:160]}); "

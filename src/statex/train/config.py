@@ -8,6 +8,16 @@ from pathlib import Path
 from typing import Any
 
 from statex.errors import StatexError
+from statex.validation import check_field_types
+
+CONFIG_FILE_LIMIT = 2**20  # an options file is a few hundred bytes
+
+# what a resumed run must share with the run it continues (the data order, the model and the optimisation);
+# the rest (steps, logging, saving, hardware) may change between resumes
+RESUME_FIXED = ("model", "init", "data", "text_field", "tokenizer", "synthetic", "text_weight", "loss_average",
+                "heldout_sequences", "seq_len", "lr", "min_lr", "warmup", "schedule", "decay_fraction",
+                "weight_decay", "beta1", "beta2", "eps", "clip", "seed", "precision", "expand_layers", "mode",
+                "heads", "factor", "expand_seed", "keep_attn_norm", "keep_ssm_params", "dt_init")
 
 
 @dataclass
@@ -70,6 +80,7 @@ class TrainConfig:
     stop_at_step: int | None = None  # stop after this step (with a checkpoint), to be continued with --resume
 
     def validate(self) -> "TrainConfig":
+        check_field_types(self, "", label=lambda name: "--" + name.replace("_", "-"), error=StatexError)
         if (self.model is None) == (self.init is None):
             raise StatexError("give exactly one of --model (a checkpoint) or --init (a config.json for a fresh model)")
         if self.data is None and not self.synthetic:
@@ -77,8 +88,28 @@ class TrainConfig:
         for name in ("seq_len", "batch_size", "grad_accum", "steps", "save_every", "keep", "log_every"):
             if getattr(self, name) < 1:
                 raise StatexError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.warmup < 0 or self.heldout_sequences < 0 or self.eval_every < 0:
-            raise StatexError("--warmup, --heldout-sequences and --eval-every must be >= 0")
+        if self.warmup < 0 or self.heldout_sequences < 0 or self.eval_every < 0 or self.max_skips < 0:
+            raise StatexError("--warmup, --heldout-sequences, --eval-every and --max-skips must be >= 0")
+        if self.threads is not None and self.threads < 1:
+            raise StatexError(f"--threads must be >= 1, got {self.threads}")
+        for name in ("seed", "expand_seed"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 2**63:
+                raise StatexError(f"--{name.replace('_', '-')} must be in [0, 2^63), got {value}")
+        if self.stop_at_step is not None and self.stop_at_step < 1:
+            raise StatexError(f"--stop-at-step must be >= 1, got {self.stop_at_step}")
+        if not str(self.out).strip():
+            raise StatexError("--out: the output path is empty")
+        if self.text_weight < 0 or self.weight_decay < 0 or self.clip < 0 or self.eps <= 0:
+            raise StatexError("--text-weight, --weight-decay and --clip must be >= 0 and --eps > 0")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise StatexError("--beta1 and --beta2 must be in [0, 1)")
+        if self.expand_layers is not None and not isinstance(self.expand_layers, (str, int, list)):
+            raise StatexError(f"--expand-layers must be a layer spec (every:P, 0,6,12, frac:F, all), "
+                              f"got {self.expand_layers!r:.60}")
+        if self.synthetic is not None and not isinstance(self.synthetic, (str, list)):
+            raise StatexError(f"--synthetic must be a string like mqar:0.3 or a list of sources, "
+                              f"got {self.synthetic!r:.60}")
         choices = {"schedule": ("cosine", "constant", "wsd"), "precision": ("fp32", "bf16", "pure-bf16"),
                    "on_nonfinite": ("stop", "skip"), "device": ("auto", "cpu", "cuda"),
                    "loss_average": ("tokens", "sequences")}
@@ -99,26 +130,55 @@ class TrainConfig:
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
+    from statex.files import read_limited
+
     path = Path(path)
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise StatexError(f"{path}: cannot read the config file ({exc.strerror})") from None
+        text = read_limited(path, CONFIG_FILE_LIMIT, "config file").decode("utf-8")
+    except UnicodeDecodeError:
+        raise StatexError(f"{path}: the config file is not UTF-8 text") from None
     if path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise StatexError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+        data = read_yaml(text, path)
     else:
         try:
             data = json.loads(text)
         except ValueError as exc:
             raise StatexError(f"{path}: invalid JSON ({exc})") from None
+        except RecursionError:
+            raise StatexError(f"{path}: invalid JSON (nested too deeply)") from None
     if not isinstance(data, dict):
         raise StatexError(f"{path}: the config file must hold a mapping of option names to values")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def read_yaml(text: str, path: str | Path):
+    """``yaml.safe_load`` without anchors and aliases: an options file has no use for them, and nested aliases
+    expand exponentially (the "billion laughs" file) as soon as the values are copied or printed."""
+    import yaml
+
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                raise StatexError(f"{path}: YAML aliases (*name) are not allowed in a config file")
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise StatexError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    except RecursionError:
+        raise StatexError(f"{path}: invalid YAML (nested too deeply)") from None
+
+
+def check_resumable(config: TrainConfig, previous: dict[str, Any], world_size: int) -> None:
+    """Refuse to resume with settings that change what the run computes, naming the first changed field."""
+    for name in RESUME_FIXED:
+        if name in previous and previous[name] != getattr(config, name):
+            raise StatexError(f"--resume: {name} was {previous[name]!r:.60} in this run, now "
+                              f"{getattr(config, name)!r:.60}; resume with the same value or start a new --out")
+    if all(k in previous for k in ("batch_size", "grad_accum", "world_size")):
+        before = previous["batch_size"] * previous["grad_accum"] * previous["world_size"]
+        now = config.batch_size * config.grad_accum * world_size
+        if before != now:
+            raise StatexError(f"--resume: this run takes {before} sequences per step (processes x --batch-size x "
+                              f"--grad-accum), now {now}; keep the global batch")
 
 
 def resolve_config(file_values: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:

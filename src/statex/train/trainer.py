@@ -6,6 +6,7 @@ import contextlib
 import json
 import math
 import random
+import shutil
 import signal
 import time
 import warnings
@@ -19,10 +20,14 @@ from statex.data import load_tokenizer
 from statex.data.cache import build_token_cache
 from statex.data.dataset import TrainStream, load_packed, parse_synthetic
 from statex.errors import StatexError
+from statex.files import write_atomic
+from statex.locks import RunLock
+from statex.strict_json import dumps_strict
 from statex.train import distributed, optim_state
 from statex.train.checkpoint import checkpoint_dirs, load_latest_checkpoint, rng_state, save_checkpoint, set_rng_state
-from statex.train.config import TrainConfig
+from statex.train.config import TrainConfig, check_resumable
 from statex.train.preflight import check_request
+from statex.train.run_directory import RUN_CONFIG, check_run_directory, read_run_config
 from statex.train.schedule import learning_rate
 
 
@@ -42,9 +47,13 @@ def train(config: TrainConfig) -> dict[str, Any]:
     """Run (or resume) a training run; returns a summary ({"steps", "final_loss", "heldout_loss", "out", ...})."""
     config.validate()
     env = distributed.setup(config.device)
+    run = None
     try:
-        return _Run(config, env).run()
+        run = _Run(config, env)
+        return run.run()
     finally:
+        if run is not None and run.lock is not None:
+            run.lock.release()
         distributed.teardown()
 
 
@@ -58,20 +67,37 @@ def build_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict
 class _Run:
     def __init__(self, config: TrainConfig, env: distributed.Dist):
         self.config, self.env = config, env
-        self.out = Path(config.out)
         self.signal_received: int | None = None
+        self.lock = None
         if config.threads:
             torch.set_num_threads(config.threads)
-        if self.out.exists() and not self.out.is_dir():
-            raise StatexError(f"--out {self.out}: exists and is not a directory")
+        self.out = check_run_directory(config)
         existing = checkpoint_dirs(self.out)
         if existing and not config.resume:
             raise StatexError(f"{self.out} already holds checkpoints of a run (latest {existing[-1].name}); pass "
                               "--resume to continue it or choose another --out")
+        if config.resume and existing:
+            previous = read_run_config(self.out)
+            if previous is not None:
+                check_resumable(config, previous, env.world)
         self.tokenizer = load_tokenizer(config.tokenizer)
-        model_config = check_request(config, self.tokenizer, existing)
+        model_config = check_request(config, self.tokenizer, existing, env.device)
+        created = not self.out.exists()
         if env.main:
             self.out.mkdir(parents=True, exist_ok=True)
+            self.lock = RunLock(self.out, "statex train").acquire()
+        try:
+            self._set_up(model_config, existing)
+        except BaseException:
+            # a run that fails before its first step leaves nothing behind: the directory it created goes
+            if env.main:
+                self.lock.release()
+                if created:
+                    shutil.rmtree(self.out, ignore_errors=True)
+            raise
+
+    def _set_up(self, model_config, existing) -> None:
+        config, env = self.config, self.env
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         prewarm = self._start_kernels(model_config) if env.device.type == "cuda" else None
@@ -100,7 +126,8 @@ class _Run:
         self.metrics_path = self.out / "metrics.jsonl"
         if env.main:
             self._trim_metrics()
-            (self.out / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+            write_atomic(self.out / RUN_CONFIG, json.dumps({**config.to_dict(), "world_size": env.world}, indent=2)
+                         + "\n")
         self.writer = None
         if config.tensorboard and env.main:
             try:
@@ -331,7 +358,7 @@ class _Run:
         if not self.env.main:
             return
         with self.metrics_path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+            handle.write(dumps_strict(record) + "\n")
         if self.writer is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):
@@ -341,9 +368,15 @@ class _Run:
         """On resume, drop records of steps after the checkpoint (a run that died after its last save)."""
         if not self.metrics_path.exists():
             return
-        kept = [line for line in self.metrics_path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= self.step]
-        self.metrics_path.write_text("".join(line + "\n" for line in kept))
+        kept = []
+        for line in self.metrics_path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line cut short by a crash mid-write
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step", 0), int) and record.get("step", 0) <= self.step:
+                kept.append(line)
+        write_atomic(self.metrics_path, "".join(line + "\n" for line in kept))
 
     def _unwrapped_for_save(self):
         if not self.config.fsdp or not self.env.enabled:
