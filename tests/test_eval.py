@@ -133,7 +133,7 @@ def test_every_task_end_to_end_on_a_tiny_model(tmp_path):
     (tmp_path / "icl.jsonl").write_text("".join(json.dumps({"text": t, "label": l}) + "\n" for t, l in
                                                 [("good", "pos"), ("bad", "neg"), ("great", "pos"), ("awful", "neg")]))
     records = evaluate({"tiny": tiny_model()}, ["passkey", "niah", "mqar", "recall", "ppl", "icl"], BYTES, n=2,
-                       progress=False, lengths=[256], depths=[0.5], pairs=[4], mqar_lengths=[64],
+                       progress=False, lengths=[384], depths=[0.5], pairs=[4], mqar_lengths=[64],
                        recall_files=[str(tmp_path / "swde.jsonl"), str(tmp_path / "nq.jsonl")],
                        ppl_file=str(tmp_path / "text.txt"), icl_file=str(tmp_path / "icl.jsonl"), shots=[0, 2])
     tasks = {r.task for r in records}

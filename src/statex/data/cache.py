@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from tqdm import tqdm
 
 from statex.data.corpus import corpus_files, iter_documents
 from statex.errors import StatexError
+from statex.files import clean_stale_temporaries, temporary_directory
 
 
 def _cache_key(files: list[Path], tokenizer, text_field: str) -> str:
@@ -42,7 +42,8 @@ def build_token_cache(data, tokenizer, cache_dir: str | Path, text_field: str = 
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
     dtype = np.uint16 if tokenizer.vocab_size <= 65536 else np.uint32
-    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=cache_dir))
+    clean_stale_temporaries(cache_dir)
+    tmp = temporary_directory(target)
     try:
         total = documents = 0
         with (tmp / "tokens.bin").open("wb") as out:

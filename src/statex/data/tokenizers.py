@@ -10,6 +10,10 @@ from pathlib import Path
 from statex.errors import StatexError
 
 
+MAX_VOCAB = 2**32  # token caches store ids as uint32
+TRAINER_BYTES_PER_TOKEN = 128  # what the BPE trainer allocates per vocabulary entry up front (about 72), rounded up
+
+
 class ByteTokenizer:
     """UTF-8 bytes as ids 0..255, plus an end-of-document token (id 256). vocab_size = 257."""
 
@@ -88,15 +92,30 @@ def train_bpe_tokenizer(files, vocab_size: int, out: str | Path, min_frequency: 
     from statex.data.corpus import corpus_files, iter_documents
     from statex.files import temporary_sibling
 
+    from statex.resources import require_memory
+
     if vocab_size < 257 + 1:
         raise StatexError(f"vocab size {vocab_size} is too small for a byte-level BPE (at least 258)")
+    if vocab_size > MAX_VOCAB:
+        raise StatexError(f"vocab size {vocab_size:,} is larger than statex's token caches hold ({MAX_VOCAB:,})")
+    require_memory(vocab_size * TRAINER_BYTES_PER_TOKEN, f"a BPE trainer for {vocab_size:,} tokens",
+                   hint="use a smaller --vocab-size")
     paths = corpus_files(files)
+    seen = {"characters": 0}
+
+    def documents():
+        for text in iter_documents(paths):
+            seen["characters"] += len(text.strip())
+            yield text
+
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[eod_token],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=show_progress)
-    tokenizer.train_from_iterator(iter_documents(paths), trainer=trainer)
+    tokenizer.train_from_iterator(documents(), trainer=trainer)
+    if seen["characters"] == 0:
+        raise StatexError(f"{', '.join(str(p) for p in paths[:3])}: the corpus holds no text to learn a tokenizer from")
     out = Path(out)
     if out.is_dir():
         out = out / "tokenizer.json"

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import platform
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from statex.demo.data import write_corpus
 from statex.demo.settings import BaseRecipe, default_recipes
 from statex.demo.training import train_run
 from statex.errors import StatexError
+from statex.files import remove_path, replace_directory, temporary_directory
 
 SHIPPED_DIR = Path(__file__).parent / "bases"
 RECORD = "recipe.json"
@@ -133,15 +132,13 @@ def pretrain_base(recipe: BaseRecipe, out: Path, work: Path, progress: bool = Tr
         "date": datetime.date.today().isoformat(),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = temporary_directory(out)
     try:
         model.save_pretrained(tmp)
         (tmp / RECORD).write_text(json.dumps(record, indent=1) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        replace_directory(tmp, out)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_path(tmp)
     return out
 
 

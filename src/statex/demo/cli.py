@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from statex.errors import StatexError
+from statex.outputs import check_output
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
@@ -17,6 +18,9 @@ def run_demo_command(args: argparse.Namespace) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise StatexError(f"--jobs must be >= 1, got {args.jobs}")
     command = "statex " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["demo"] else None
+    out = check_output(args.out, flag="--out", inputs=[args.base_from, args.data, args.wheels], resumable=True)
+    if args.action == "run" and out.is_dir() and any(out.iterdir()) and not (out / "settings.json").is_file():
+        raise StatexError(f"--out {out}: holds other files and is not a demo run; choose a new or empty directory")
     if args.action == "corpus":
         from statex.demo.corpus import build_corpus
 

@@ -131,7 +131,7 @@ def _preset(name: str) -> GPUPreset:
         return GPUPreset(name, 320, tiny, *_budgets({"gla": 3, "mamba2": 3}, {"gla": 2, "mamba2": 2}, (64, 4, 3e-3),
                                                     (256, 2, 1e-3)),
                          {"gla": "1", "mamba2": "1"}, pre_pairs=(2, 8), post_pairs=(4, 16),
-                         eval_lengths=(64, 128, 256, 512), eval_depths=(0.0, 1.0), eval_pairs=(8, 32), eval_n=2,
+                         eval_lengths=(384, 768), eval_depths=(0.0, 1.0), eval_pairs=(8, 32), eval_n=2,
                          heldout_length=512, heldout_windows=4)
     raise StatexError(f"unknown --budget {name!r} (choose from lease, call, tiny)")
 

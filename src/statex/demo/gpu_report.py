@@ -140,8 +140,9 @@ def write_gpu_report(out: Path, records: list[dict[str, Any]], settings, timings
     from statex.eval.common import Record
     from statex.eval.report import make_plots
     from statex.files import write_atomic
+    from statex.strict_json import dumps_strict
 
-    write_atomic(out / "results.json", json.dumps(records, indent=1) + "\n")
+    write_atomic(out / "results.json", dumps_strict(records, indent=1) + "\n")
     found = verdicts(records, settings)
     lines = [f"# StateX vs LPT at GPU scale (--budget {settings.name})", "",
              f"Command: `{command}`; {elapsed / 60:.1f} minutes in this invocation. One seed ({settings.seed}): "

@@ -170,8 +170,9 @@ def write_demo_report(out: Path, records: list[dict[str, Any]], settings: DemoSe
                       quick: bool = False) -> dict[str, Any]:
     """results.json, report.md and one capacity plot per family; returns {"records", "verdicts", "out"}."""
     from statex.files import write_atomic
+    from statex.strict_json import dumps_strict
 
-    write_atomic(out / "results.json", json.dumps(records, indent=1) + "\n")
+    write_atomic(out / "results.json", dumps_strict(records, indent=1) + "\n")
     found = verdicts(records, settings)
     lines = [f"# StateX vs LPT from pretrained miniature bases{' (--quick)' if quick else ''}", "",
              f"Command: `{command}`; {elapsed / 60:.1f} minutes. Bases: "

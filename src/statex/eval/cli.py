@@ -5,15 +5,18 @@ import argparse
 from pathlib import Path
 
 import statex
-from statex.cli_support import (add_device_flags, check_vocab, device_from_flag, int_list, prepare_kernels,
-                                resolve_tokenizer)
+from statex.cli_support import (add_device_flags, check_seed, check_vocab, device_from_flag, int_list,
+                                prepare_kernels, resolve_tokenizer)
 
 
 def run_eval_command(args: argparse.Namespace) -> int:
     from statex.eval import check_request, check_tokenizer, evaluate, markdown_table, model_names, write_report
     from statex.eval.common import parse_length
+    from statex.eval.runner import evaluation_bytes
+    from statex.files import remove_path, replace_directory, temporary_directory
+    from statex.outputs import check_output
+    from statex.resources import require_memory
 
-    out = Path(args.out)
     if not args.tasks and not args.lm_eval:
         raise statex.StatexError("nothing to do: give --tasks and/or --lm-eval")
     tasks = [t for t in (args.tasks or "").split(",") if t]
@@ -25,8 +28,10 @@ def run_eval_command(args: argparse.Namespace) -> int:
         qa_max_tokens=args.qa_max_tokens, ppl_file=args.ppl_file, icl_file=args.icl_file,
         shots=int_list(args.shots))
     check_request(tasks, n=args.n, batch_size=args.batch_size, prefill_chunk=args.prefill_chunk, **options)
-    if out.exists() and not out.is_dir():
-        raise statex.StatexError(f"--out {out}: exists and is not a directory")
+    check_seed(args.seed)
+    inputs = [*args.models, args.tokenizer if args.tokenizer != "bytes" else None, options["ppl_file"],
+              options["icl_file"], options["haystack"], *(options["recall_files"] or [])]
+    out = check_output(args.out, flag="--out", inputs=inputs, force=args.force)
     if args.lm_eval and args.lm_eval_include is not None and not Path(args.lm_eval_include).is_dir():
         raise statex.StatexError(f"--lm-eval-include {args.lm_eval_include}: no such directory")
     device = device_from_flag(args.device)
@@ -36,6 +41,9 @@ def run_eval_command(args: argparse.Namespace) -> int:
     configs = [statex.load_config(path)[0] for path in args.models]
     for name, config in zip(names, configs):
         check_vocab(tokenizer, config, name)
+    require_memory(evaluation_bytes(configs, tasks, args.n, args.batch_size, args.prefill_chunk, **options),
+                   "this evaluation", device, hint="use shorter --lengths / --mqar-lengths, a smaller --n or "
+                   "--batch-size, or a smaller --prefill-chunk")
     models = {name: statex.load_model(path, device=device) for name, path in zip(names, args.models)}
     longest = max(options["lengths"] or options["mqar_lengths"] or [2048])
     prepare_kernels(args.autotune, device, configs, batch=args.batch_size, seq_len=min(longest, args.prefill_chunk),
@@ -52,9 +60,15 @@ def run_eval_command(args: argparse.Namespace) -> int:
         for name, model in models.items():
             records += run_lm_eval(model, name, tokenizer, args.lm_eval.split(","), limit=args.lm_eval_limit,
                                    include_path=args.lm_eval_include)
-    written = write_report(records, out, plots=not args.no_plots)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_directory(out)  # the whole report is written before it replaces an older one
+    try:
+        written = write_report(records, tmp, plots=not args.no_plots)
+        replace_directory(tmp, out)
+    finally:
+        remove_path(tmp)
     print(markdown_table(records))
-    print("wrote " + ", ".join(str(p) for p in written.values()))
+    print("wrote " + ", ".join(str(out / p.name) for p in written.values()))
     return 0
 
 
@@ -88,6 +102,8 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--lm-eval-limit", type=int, help="examples per lm-eval task")
     p.add_argument("--lm-eval-include", help="directory of extra lm-eval task YAMLs")
     p.add_argument("--out", default="out/eval")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists (atomically, once the new "
+                                                        "report is complete)")
     p.add_argument("--no-plots", action="store_true")
     add_device_flags(p)
     p.set_defaults(func=run_eval_command)

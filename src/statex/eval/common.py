@@ -50,7 +50,10 @@ def parse_length(text: str | int) -> int:
         return text
     value = text.strip().lower()
     scale = 1024 if value.endswith("k") else 1
-    return int(float(value.rstrip("k")) * scale)
+    number = float(value.rstrip("k")) * scale
+    if not number.is_integer():  # NaN, infinities and fractions of a token
+        raise ValueError(f"not a whole number of tokens: {text!r}")
+    return int(number)
 
 
 def contains_any(output: str, answers: Iterable[str]) -> bool:

@@ -1,13 +1,13 @@
 """results.json, a side-by-side markdown table and PNG plots from evaluation records."""
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable
 
 from statex.eval.common import Record
 from statex.files import write_atomic
+from statex.strict_json import dumps_strict
 
 
 def summary_rows(records: Iterable[Record]) -> list[Record]:
@@ -37,7 +37,7 @@ def write_report(records: list[Record], out: str | Path, plots: bool = True) -> 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = {"results": out / "results.json", "report": out / "report.md"}
-    write_atomic(written["results"], json.dumps([r.to_dict() for r in records], indent=1) + "\n")
+    write_atomic(written["results"], dumps_strict([r.to_dict() for r in records], indent=1) + "\n")
     write_atomic(written["report"], "# Evaluation results\n\n" + markdown_table(records))
     if plots:
         written.update(make_plots(records, out))

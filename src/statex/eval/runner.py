@@ -57,6 +57,14 @@ def check_request(tasks: list[str], n: int = 20, batch_size: int = 8, prefill_ch
         raise StatexError(f"--niah-keys must be >= 1, got {options['niah_keys']}")
     if "niah" in tasks and 2 in variants and not options.get("haystack"):
         raise StatexError("niah variant 2 (essay haystack) needs --haystack FILE (any long local text)")
+    if "mqar" in tasks:
+        from statex.eval.tasks import mqar
+
+        lengths = options.get("mqar_lengths") or options.get("lengths") or mqar.DEFAULT_LENGTHS
+        pairs = options.get("pairs") or mqar.DEFAULT_PAIRS
+        if not any(4 * p <= length for p in pairs for length in lengths):
+            raise StatexError(f"mqar: no cell fits (a sequence of length L holds at most L/4 pairs); pairs "
+                              f"{', '.join(map(str, pairs))} need lengths of at least {4 * min(pairs)}")
     for task, (option, flag) in _REQUIRED_FILES.items():
         if task in tasks and not options.get(option):
             raise StatexError(f"task {task} needs {flag}")
@@ -70,6 +78,13 @@ def check_request(tasks: list[str], n: int = 20, batch_size: int = 8, prefill_ch
 def check_tokenizer(tasks: list[str], tokenizer, **options: Any) -> None:
     """The errors of an evaluation request that only the tokenizer reveals: MQAR's largest pair count (among
     those that fit a length of the grid) needs that many distinct keys."""
+    for task in ("passkey", "niah"):
+        if task in tasks:
+            shortest = min(options.get("lengths") or _default_lengths(task))
+            needed = shortest_prompt(task, tokenizer, options)
+            if shortest < needed:
+                raise StatexError(f"--lengths {shortest}: a {task} prompt needs at least {needed} tokens with this "
+                                  "tokenizer (its instructions, needle and question alone); use longer lengths")
     if "mqar" not in tasks:
         return
     from statex.eval.tasks import mqar
@@ -81,6 +96,39 @@ def check_tokenizer(tasks: list[str], tokenizer, **options: Any) -> None:
         where = f"--mqar-keys {keys}" if options.get("mqar_keys") else "the lower half of the vocabulary"
         raise StatexError(f"--pairs {max(fitting)}: MQAR needs {max(fitting)} distinct keys, but this tokenizer "
                           f"({tokenizer.vocab_size} tokens) gives {keys} ({where}); use fewer pairs or more keys")
+
+
+def _default_lengths(task: str):
+    from statex.eval.tasks import niah, passkey
+
+    return passkey.DEFAULT_LENGTHS if task == "passkey" else niah.DEFAULT_LENGTHS
+
+
+def shortest_prompt(task: str, tokenizer, options: dict[str, Any]) -> int:
+    """The tokens a passkey or NIAH prompt takes with no haystack at all: the shortest length it can have."""
+    from statex.eval.tasks import niah, passkey
+
+    if task == "passkey":
+        return len(passkey.generate_examples(tokenizer, 1, 0.0, 1, 0)[0][0])
+    keys = options.get("niah_keys") or 1
+    variants = [3 if v == 3 else 1 for v in options.get("niah_variants") or (1,)]
+    return max(len(niah.generate_examples(tokenizer, 1, 0.0, 1, 0, v, keys)[0][0]) for v in variants)
+
+
+def evaluation_bytes(configs, tasks: list[str], n: int, batch_size: int, prefill_chunk: int,
+                     **options: Any) -> int:
+    """A lower bound of an evaluation's memory: the largest model's weights, the prompts of one setting (their
+    ids, labels and sampling weights) and one prefill piece's logits and activations."""
+    from statex.eval.tasks import mqar
+
+    lengths = list(options.get("lengths") or [])
+    if "mqar" in tasks:
+        lengths += list(options.get("mqar_lengths") or mqar.DEFAULT_LENGTHS)
+    longest = max(lengths or [2048])
+    widest = max(configs, key=lambda c: c.parameter_count())
+    piece = batch_size * min(longest, prefill_chunk)
+    per_token = 4 * (2 * widest.vocab_size + 4 * widest.d_model)
+    return 4 * widest.parameter_count() + 24 * n * longest + piece * per_token
 
 
 def evaluate(models: dict[str, Any], tasks: list[str], tokenizer, seed: int = 0, n: int = 20, batch_size: int = 8,

@@ -6,7 +6,12 @@ from typing import TYPE_CHECKING, Iterable
 
 import torch
 
+from statex.errors import StatexError
 from statex.ops import backends
+
+
+class NonFiniteLogits(StatexError):
+    """Generation met NaN or infinite logits: what it would return is not the model's answer."""
 
 if TYPE_CHECKING:
     from statex.models.lm import CausalLM, RecurrentState
@@ -21,11 +26,14 @@ def sample_next_token(
 ) -> torch.Tensor:
     """Greedy when temperature == 0; otherwise sample from softmax(logits / temperature) restricted to the
     top_k tokens and to the smallest set whose probability reaches top_p. Returns [B] token ids."""
-    if temperature < 0:
+    if not temperature >= 0:  # NaN too
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
+    # a row without a finite logit has no distribution to sample from; it draws uniformly here and ``generate``
+    # reports it (torch.multinomial would fail on it with an opaque error)
+    logits = torch.where(torch.isfinite(logits).any(-1, keepdim=True), logits.float(), torch.zeros_like(logits.float()))
+    logits = torch.nan_to_num(logits, nan=float("-inf")) / temperature
     if top_k is not None and top_k > 0:
         kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -138,10 +146,12 @@ def generate(
         cuda_graph = graph_by_default(input_ids.is_cuda, max_new_tokens)
     runner = StepRunner(model, state, graph=True) if cuda_graph and max_new_tokens > 1 else None
     batch = input_ids.shape[0]
+    nonfinite = torch.zeros((), dtype=torch.bool, device=input_ids.device)  # checked once at the end: no sync
     finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
     fill = torch.full((batch,), -1, dtype=torch.long, device=input_ids.device)
     new_tokens = []
     for step in range(max_new_tokens):
+        nonfinite |= ~torch.isfinite(logits).all()
         token = sample_next_token(logits, temperature, top_k, top_p, generator)
         token = torch.where(finished, fill, token)
         new_tokens.append(token)
@@ -160,4 +170,7 @@ def generate(
             out = model(token.unsqueeze(1), state=state, use_cache=True)
             logits, state = out.logits[:, -1], out.state
     model.train(was_training)
+    if bool(nonfinite):
+        raise NonFiniteLogits("the model produced NaN or infinite logits while generating: its weights (or the "
+                              "input) are broken; the output would be meaningless")
     return torch.cat([input_ids, torch.stack(new_tokens, dim=1)], dim=1)

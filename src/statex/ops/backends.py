@@ -87,8 +87,11 @@ def check_settings() -> None:
     work, so a typo in STATEX_BACKEND or STATEX_SSD is an error up front, never the default or a traceback)."""
     from statex.errors import StatexError
 
+    from statex.ops.autotune import resolve_mode
+
     try:
         get_backend(), get_ssd_kernel()
+        resolve_mode(None)  # STATEX_AUTOTUNE: a typo is refused on every device, not only where CUDA reads it
     except ValueError as exc:
         raise StatexError(str(exc)) from None
 
