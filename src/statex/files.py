@@ -50,6 +50,18 @@ def temporary_directory(target: str | Path) -> Path:
             continue
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def honour_umask(path: str | Path) -> None:
+    """Give a file the mode an ordinary ``open`` would have given it (some writers, e.g. safetensors, create
+    their files 0600 whatever the umask)."""
+    os.chmod(path, 0o666 & ~current_umask())
+
+
 def write_atomic(path: str | Path, data: str | bytes) -> Path:
     """Write ``data`` (text as UTF-8) to ``path`` atomically; the parent directory must exist."""
     path = Path(path)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import statex
-from adversarial.conftest import refused, snapshot, write_config
+from adversarial.conftest import refused, write_config
 
 TRAIN = ["train", "--init", "model", "--data", "corpus.jsonl", "--seq-len", "32", "--steps", "2", "--no-progress",
          "--threads", "1"]

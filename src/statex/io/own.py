@@ -11,7 +11,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from statex.errors import StatexError
-from statex.files import clean_stale_temporaries, temporary_directory
+from statex.files import clean_stale_temporaries, honour_umask, temporary_directory
 
 
 def save_model(model, path: str | Path) -> None:
@@ -28,6 +28,7 @@ def save_model(model, path: str | Path) -> None:
     tmp = temporary_directory(path)
     try:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        honour_umask(tmp / "model.safetensors")
         (tmp / "config.json").write_text(json.dumps(_finite(model.config.to_dict()), indent=2, allow_nan=False)
                                          + "\n")
         if path.is_dir():

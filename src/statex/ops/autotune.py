@@ -48,9 +48,10 @@ def triton_cache_dir() -> Path:
 
 
 def resolve_mode(mode: str | None) -> str:
+    source = "autotune mode" if mode else "STATEX_AUTOTUNE"
     mode = mode or os.environ.get("STATEX_AUTOTUNE") or DEFAULT_MODE
     if mode not in MODES:
-        raise ValueError(f"autotune mode {mode!r} is not one of {', '.join(MODES)}")
+        raise ValueError(f"{source} {mode!r} is not one of {', '.join(MODES)}")
     return mode
 
 
