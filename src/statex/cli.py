@@ -49,7 +49,7 @@ def _cmd_expand(args: argparse.Namespace) -> int:
 
     import torch
 
-    from statex.files import replace_directory, temporary_directory
+    from statex.files import remove_path, replace_directory, temporary_directory
     from statex.models.lm import require_model_memory
     from statex.outputs import check_output
 
@@ -72,8 +72,7 @@ def _cmd_expand(args: argparse.Namespace) -> int:
                 shutil.copy2(Path(args.src) / name, tmp / name)
         replace_directory(tmp, dst)  # the new output is complete before an old one goes
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        remove_path(tmp)
     before, after = statex.describe_model(model), statex.describe_model(expanded)
     print(statex.format_expansion(statex.describe_expansion(before, after, expanded.config.history[-1]["layers"])))
     print(f"wrote {dst} (mode {args.mode}, seed {args.seed})")

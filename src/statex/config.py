@@ -172,9 +172,7 @@ class ModelConfig:
         if self.family == "gla":
             if not self.intermediate_size or self.intermediate_size <= 0:
                 raise ConfigError("a GLA config needs a positive intermediate_size")
-        for name in ("vocab_size", "d_model", "intermediate_size"):
-            if (getattr(self, name) or 0) > MAX_DIM:
-                raise ConfigError(f"config: {name}={getattr(self, name)} is larger than any tensor can be ({MAX_DIM})")
+            _positive("model", intermediate_size=self.intermediate_size)
         return self
 
     def parameter_count(self) -> int:

@@ -23,10 +23,10 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _describe(hint: Any) -> str:
+def describe_type(hint: Any) -> str:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        parts = [_describe(a) for a in typing.get_args(hint) if a is not type(None)]
+        parts = [describe_type(a) for a in typing.get_args(hint) if a is not type(None)]
         return " or ".join(parts) + (" or null" if type(None) in typing.get_args(hint) else "")
     if origin in (tuple, list):
         return "a list" if origin is list else f"a list of {len(typing.get_args(hint))} numbers"
@@ -77,4 +77,4 @@ def check_field_types(obj: Any, where: str, label: Callable[[str], str] = lambda
             continue
         value = getattr(obj, f.name)
         if not value_matches(value, hints[f.name]):
-            raise error(f"{where}{label(f.name)} must be {_describe(hints[f.name])}, got {_short(value)}")
+            raise error(f"{where}{label(f.name)} must be {describe_type(hints[f.name])}, got {_short(value)}")

@@ -13,10 +13,9 @@ from typing import Any, Callable, Optional
 
 from statex.config import GLASpec, Mamba2Spec, ModelConfig, check_layer_count, time_step_limit
 from statex.errors import ConfigError
-from statex.validation import value_matches
+from statex.validation import describe_type, value_matches
 
 _REQUIRED = object()
-_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 
 def _get(cfg: dict[str, Any], name: str, kind: Any, where: str, default: Any = _REQUIRED) -> Any:
@@ -28,8 +27,7 @@ def _get(cfg: dict[str, Any], name: str, kind: Any, where: str, default: Any = _
             raise ConfigError(f"{where} config is missing the field {name!r}")
         return default
     if not value_matches(value, kind):
-        wanted = _NAMES.get(kind, "a valid value")
-        raise ConfigError(f"{where}: config field {name} must be {wanted}, got {value!r:.60}")
+        raise ConfigError(f"{where}: config field {name} must be {describe_type(kind)}, got {value!r:.60}")
     return value
 
 

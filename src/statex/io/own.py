@@ -3,7 +3,6 @@ library's parameter names. Written to a temporary directory beside the target, t
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 from pathlib import Path
@@ -29,7 +28,7 @@ def save_model(model, path: str | Path) -> None:
     try:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         honour_umask(tmp / "model.safetensors")
-        (tmp / "config.json").write_text(json.dumps(_finite(model.config.to_dict()), indent=2, allow_nan=False)
+        (tmp / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2, allow_nan=False)
                                          + "\n")
         if path.is_dir():
             # keep whatever else the directory holds (a tokenizer, say); replace our two files atomically
@@ -42,13 +41,3 @@ def save_model(model, path: str | Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
-
-def _finite(value):
-    """The config as strict JSON: an infinite float (Mamba2's open dt_limit bound) becomes null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value

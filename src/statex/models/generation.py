@@ -146,12 +146,13 @@ def generate(
         cuda_graph = graph_by_default(input_ids.is_cuda, max_new_tokens)
     runner = StepRunner(model, state, graph=True) if cuda_graph and max_new_tokens > 1 else None
     batch = input_ids.shape[0]
-    nonfinite = torch.zeros((), dtype=torch.bool, device=input_ids.device)  # checked once at the end: no sync
+    # broken weights show in the prefill's logits already; those and the last step's are checked (one sync,
+    # nothing added per decoded token)
+    nonfinite = ~torch.isfinite(logits).all()
     finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
     fill = torch.full((batch,), -1, dtype=torch.long, device=input_ids.device)
     new_tokens = []
     for step in range(max_new_tokens):
-        nonfinite |= ~torch.isfinite(logits).all()
         token = sample_next_token(logits, temperature, top_k, top_p, generator)
         token = torch.where(finished, fill, token)
         new_tokens.append(token)
@@ -170,7 +171,7 @@ def generate(
             out = model(token.unsqueeze(1), state=state, use_cache=True)
             logits, state = out.logits[:, -1], out.state
     model.train(was_training)
-    if bool(nonfinite):
+    if bool(nonfinite | ~torch.isfinite(logits).all()):
         raise NonFiniteLogits("the model produced NaN or infinite logits while generating: its weights (or the "
                               "input) are broken; the output would be meaningless")
     return torch.cat([input_ids, torch.stack(new_tokens, dim=1)], dim=1)

@@ -14,12 +14,9 @@ RUN_FILES = (RUN_CONFIG, "checkpoints", "metrics.jsonl", "token-cache", "final",
 
 def check_run_directory(config: TrainConfig) -> Path:
     """--out: new, empty, or a run directory of ours (continued with --resume); never one of the inputs."""
-    from statex.data.corpus import corpus_files
-
     inputs = [config.model, config.init, None if config.tokenizer == "bytes" else config.tokenizer]
     if config.data is not None:
         inputs += [p for p in str(config.data).split(",") if p.strip()]
-        corpus_files(config.data)
     out = check_output(config.out, flag="--out", inputs=inputs, resumable=True)
     if out.is_dir():
         foreign = [p.name for p in out.iterdir() if p.name not in RUN_FILES and not p.name.startswith(".")]

@@ -373,7 +373,8 @@ class _Run:
                 record = json.loads(line)
             except ValueError:  # a line cut short by a crash mid-write
                 continue
-            if isinstance(record, dict) and isinstance(record.get("step", 0), int) and record.get("step", 0) <= self.step:
+            step = record.get("step", 0) if isinstance(record, dict) else None
+            if isinstance(step, int) and step <= self.step:
                 kept.append(line)
         write_atomic(self.metrics_path, "".join(line + "\n" for line in kept))
 
