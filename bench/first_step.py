@@ -157,7 +157,7 @@ def main(argv=None) -> None:
     data = args.data
     if data is None:
         sys.path.insert(0, str(ROOT / "src"))
-        from statex.demo.data import write_corpus
+        from statex.data.templates import write_corpus
 
         data = str(write_corpus(out / "data", 30_000, 0))
     results, seen = [], []

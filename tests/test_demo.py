@@ -1,4 +1,4 @@
-"""The demo: the shipped bases and their recipe, the --quick pipeline end to end, resume, and the verdict rule."""
+"""The demo: the shipped bases and their recipe, and `statex demo` (compare over the shipped spec) end to end."""
 import dataclasses
 import json
 
@@ -6,9 +6,10 @@ import pytest
 import torch
 
 import statex
-from statex.demo import (apply_overrides, default_recipes, default_settings, filler_documents, mean_ci, read_record,
-                         run_demo, shipped_base, verdicts)
+from statex.data.templates import filler_documents
+from statex.demo import default_recipes, demo_spec_mapping, read_record, run_demo, shipped_base
 from statex.demo.bases import build_initial_model, find_base, pretrain_base
+from statex.errors import StatexError
 
 
 @pytest.mark.parametrize("family", ["gla", "mamba2"])
@@ -69,18 +70,17 @@ def test_quick_demo_end_to_end_from_the_shipped_bases(tmp_path):
     variants = {(r["family"], r["variant"]) for r in data}
     assert variants == {("gla", v) for v in ("base", "lpt", "statex-reinit", "statex-inherit")} | {
         ("mamba2", v) for v in ("base", "lpt", "statex-reinit", "statex-preserve")}
-    seeds = {r["seed"] for r in data if r["variant"] != "base"}
-    assert seeds == set(range(default_settings(quick=True).seeds))
+    assert {r["seed"] for r in data if r["variant"] != "base"} == {0, 1}
     assert {r["seed"] for r in data if r["variant"] == "base"} == {None}
-    assert {r["task"] for r in data} == {"mqar", "heldout_loss", "state", "params"}
+    assert {r["task"] for r in data} == {"mqar", "ppl", "state", "params"}
     report = (tmp_path / "demo" / "report.md").read_text()
-    assert "reproduced" in report and "Rule:" in report
+    assert "beats LPT" in report and "Rule:" in report and "statex demo" in report
     assert (tmp_path / "demo" / "gla_capacity.png").exists() and (tmp_path / "demo" / "mamba2_capacity.png").exists()
     assert len(summary["verdicts"]) == 4
     state = {(r["family"], r["variant"]): r["value"] for r in data if r["task"] == "state"}
     assert state[("gla", "statex-inherit")] > state[("gla", "lpt")] == state[("gla", "base")]
     assert state[("mamba2", "statex-preserve")] > state[("mamba2", "lpt")]
-    expanded = statex.load_model(tmp_path / "demo" / "mamba2" / "statex-preserve" / "seed1" / "run" / "final")
+    expanded = statex.load_model(tmp_path / "demo" / "mamba2" / "statex-preserve" / "seed1" / "train" / "final")
     base_state = default_recipes()["mamba2"].model["d_state"]
     assert [s.d_state for s in expanded.config.layers] == [base_state, 4 * base_state]
     assert not (tmp_path / "demo" / "bases").exists()  # the shipped bases were used, not re-made
@@ -89,73 +89,44 @@ def test_quick_demo_end_to_end_from_the_shipped_bases(tmp_path):
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "demo").rglob("records.json")}
     run_demo(tmp_path / "demo", quick=True, progress=False, resume=True)
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "demo").rglob("records.json")} == before
-    other = apply_overrides(default_settings(quick=True), steps=7)
-    with pytest.raises(statex.StatexError, match="other settings"):
-        run_demo(tmp_path / "demo", settings=other, quick=True, progress=False, resume=True)
+    with pytest.raises(StatexError, match="families.gla.train.steps differs"):
+        run_demo(tmp_path / "demo", quick=True, progress=False, resume=True, steps=7)
     # more seeds: only the new seed's pieces run, the earlier ones are kept
-    more = apply_overrides(default_settings(quick=True), seeds=3)
-    summary = run_demo(tmp_path / "demo", settings=more, quick=True, progress=False, resume=True)
+    summary = run_demo(tmp_path / "demo", quick=True, progress=False, resume=True, seeds=3)
     assert {p: p.stat().st_mtime_ns for p in before} == before
     assert {r["seed"] for r in summary["records"] if r["variant"] == "lpt"} == {0, 1, 2}
 
 
 def test_one_family_in_process_with_its_own_bases(tmp_path, capsys):
     summary = run_demo(tmp_path / "demo", quick=True, families=["gla"], progress=True, jobs=1, pretrain=True,
-                       settings=apply_overrides(default_settings(quick=True), modes=["inherit"], heads=2, seeds=1))
+                       modes=["inherit"], heads=2, seeds=1)
     assert {r["family"] for r in summary["records"]} == {"gla"}
     assert {r["variant"] for r in summary["records"]} == {"base", "lpt", "statex-inherit"}
     assert "gla/statex-inherit/seed0 ..." in capsys.readouterr().out
     assert (tmp_path / "demo" / "bases" / "gla" / "recipe.json").exists()
-    expanded = statex.load_model(tmp_path / "demo" / "gla" / "statex-inherit" / "seed0" / "run" / "final")
+    expanded = statex.load_model(tmp_path / "demo" / "gla" / "statex-inherit" / "seed0" / "train" / "final")
     assert [s.num_heads for s in expanded.config.layers] == [4, 2]
     # the bases of that run serve another one
     again = run_demo(tmp_path / "again", quick=True, families=["gla"], progress=False, jobs=1,
-                     base_from=tmp_path / "demo", settings=apply_overrides(default_settings(quick=True), seeds=1))
+                     base_from=tmp_path / "demo", seeds=1)
     assert {r["variant"] for r in again["records"]} == {"base", "lpt", "statex-reinit", "statex-inherit"}
     assert str(tmp_path / "demo" / "bases" / "gla") in (tmp_path / "again" / "report.md").read_text()
 
 
-def _rec(variant, seed, task, value, length=256, pairs=32):
-    params = {"length": length, "pairs": pairs} if task == "mqar" else {}
-    return {"family": "gla", "variant": variant, "seed": seed, "task": task, "value": value, "params": params}
+def test_the_demo_flags_become_spec_overrides():
+    raw = demo_spec_mapping(quick=True, families=["mamba2"], modes=["copy", "inherit"], factor=2, lr=1e-3,
+                            expand_layers="all")
+    fam = raw["families"]["mamba2"]
+    assert list(raw["families"]) == ["mamba2"] and raw["seeds"] == 2 and fam["train"]["steps"] == 6
+    assert fam["variants"] == ["lpt", {"mode": "copy", "layers": "all", "factor": 2}]
+    assert fam["train"]["lr"] == 1e-3
+    with pytest.raises(StatexError, match="unknown StateX mode"):
+        demo_spec_mapping(modes=["sideways"])
+    with pytest.raises(StatexError, match="--seeds must be >= 1"):
+        demo_spec_mapping(seeds=0)
+    with pytest.raises(StatexError, match="unknown family"):
+        demo_spec_mapping(families=["rwkv"])
 
 
-def test_verdict_rule():
-    settings = default_settings()
-    records = [_rec("base", None, "mqar", 0.5), _rec("base", None, "mqar", 0.95, pairs=4)]
-    for seed, (lpt, good, noisy) in enumerate([(0.50, 0.60, 0.70), (0.52, 0.61, 0.40), (0.48, 0.59, 0.55)]):
-        records += [_rec("lpt", seed, "mqar", lpt), _rec("lpt", seed, "heldout_loss", 1.0),
-                    _rec("lpt", seed, "mqar", 0.95, pairs=4), _rec("statex-good", seed, "mqar", 0.0, pairs=4),
-                    _rec("statex-good", seed, "mqar", good), _rec("statex-good", seed, "heldout_loss", 1.02),
-                    _rec("statex-noisy", seed, "mqar", noisy), _rec("statex-noisy", seed, "heldout_loss", 1.0),
-                    _rec("statex-lossy", seed, "mqar", good), _rec("statex-lossy", seed, "heldout_loss", 1.2)]
-    found = {v["variant"]: v for v in verdicts(records, settings)}
-    # only the cell where the base is below the threshold counts (the 4-pair cell is ignored)
-    assert found["statex-good"]["cells_past_capacity"] == 1
-    assert found["statex-good"]["reproduced"] and found["statex-good"]["seeds_better"] == 3
-    assert found["statex-good"]["gain"] == pytest.approx(0.1)
-    assert not found["statex-noisy"]["reproduced"] and found["statex-noisy"]["seeds_better"] == 2
-    assert not found["statex-lossy"]["reproduced"]  # held-out loss 20% above LPT's
-
-
-def test_mean_ci():
-    mean, half = mean_ci([1.0, 2.0, 3.0])
-    assert mean == 2.0 and half == pytest.approx(4.303 * 1.0 / 3 ** 0.5)
-    assert mean_ci([5.0])[0] == 5.0
-
-
-def test_filler_is_deterministic_and_settings_are_sane():
+def test_filler_is_deterministic():
     assert filler_documents(3, 1) == filler_documents(3, 1) != filler_documents(3, 2)
-    settings = default_settings()
-    recipes = default_recipes()
-    for fam in settings.families:
-        assert settings.seq_len > recipes[fam.family].seq_len  # post-training at a longer context
-        assert fam.expand_layers and len(fam.modes) == 2
-        assert max(fam.expand_layers) < recipes[fam.family].model["n_layer"]
-    assert settings.eval_n >= 256 and settings.seeds >= 3
-    with pytest.raises(ValueError, match="unknown StateX mode"):
-        apply_overrides(settings, modes=["sideways"])
-    with pytest.raises(ValueError, match="--seeds must be >= 1"):
-        apply_overrides(settings, seeds=0)
-    with pytest.raises(ValueError, match="out of range"):
-        apply_overrides(settings, expand_layers="5", n_layers={"gla": 2, "mamba2": 2})

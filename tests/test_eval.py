@@ -229,7 +229,7 @@ def test_lm_eval_adapter_offline(tmp_path, monkeypatch):
 
 
 def test_perplexity_encodes_only_the_leading_text_it_needs(tmp_path):
-    from statex.demo.data import filler_documents
+    from statex.data.templates import filler_documents
     from statex.eval.tasks.ppl import leading_tokens
 
     text = "\n\n".join(filler_documents(300, 3))

@@ -282,8 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--force", action="store_true", help="replace an existing tokenizer file")
     t.set_defaults(func=_cmd_tokenizer_train)
 
+    from statex.compare.cli import add_compare_parser
     from statex.demo.cli import add_demo_parser
 
+    add_compare_parser(sub)
     add_demo_parser(sub)
     return parser
 

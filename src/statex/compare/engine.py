@@ -1,0 +1,253 @@
+"""``run_compare``: a comparison's stages run in order (data and tokenizer, pretraining, then the independent
+pieces: post-training and evaluation per variant and seed), side by side in processes of one thread each on a
+CPU and one after the other on a GPU. A stage that finished is never run again: its directory holds
+``stage.json`` (seconds, tokens, tokens/s); a stopped training stage continues from its last checkpoint. A
+resumed run must have the spec it started with (more or fewer seeds excepted)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from statex.compare.plan import Plan, Stage, make_plan
+from statex.compare.spec import CompareSpec, changed_field
+from statex.errors import StatexError
+
+SPEC_RECORD = "spec.json"
+STAGE_RECORD = "stage.json"
+PREWARM_LIMIT_S_PER_WORKLOAD = 60.0
+
+
+def check_run_directory(out: Path, spec: CompareSpec, resume: bool, ignore: tuple[str, ...] = ()) -> None:
+    """OUT must be new, empty (but for the names in ``ignore``), or (with ``resume``) a comparison of the same
+    spec."""
+    if out.exists() and not out.is_dir():
+        raise StatexError(f"--out {out}: exists and is not a directory")
+    saved = out / SPEC_RECORD
+    if saved.is_file():
+        if not resume:
+            raise StatexError(f"--out {out} holds a comparison already: pass --resume to continue it, or another --out")
+        try:
+            before = json.loads(saved.read_text())
+        except (OSError, ValueError) as exc:
+            raise StatexError(f"{saved}: unreadable ({exc})") from None
+        now = spec.to_dict()
+        before.pop("seeds", None)
+        now.pop("seeds", None)
+        field = changed_field(before, now)
+        if field is not None:
+            raise StatexError(f"--resume: {field} differs from the run in {out} (see {saved}); resume with the same "
+                              "spec (seeds may change) or choose another --out")
+    elif out.is_dir() and any(p for p in out.iterdir() if not p.name.startswith(".") and p.name not in ignore):
+        raise StatexError(f"--out {out}: holds other files and is not a comparison; choose a new or empty directory")
+
+
+def _tokens_per_s(run: Path) -> float | None:
+    """The median logged training speed after the first steps (which include compilation)."""
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("tokens_per_s"), (int, float)):
+            rows.append(row)
+    steady = [r["tokens_per_s"] for r in rows if r.get("step", 0) > 5] or [r["tokens_per_s"] for r in rows[1:]]
+    return round(statistics.median(steady)) if steady else None
+
+
+def _finished(stage: Stage) -> dict[str, Any] | None:
+    try:
+        return json.loads((stage.directory / STAGE_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _release_gpu() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def run_train_stage(stage: Stage, progress: bool, init: tuple | None = None) -> dict[str, Any]:
+    """Train (or continue) one stage; ``init``: (config, init options, seed) of a pretrained base's weights."""
+    import statex
+    from statex.files import remove_path, write_atomic
+    from statex.train.checkpoint import checkpoint_dirs
+
+    done = _finished(stage)
+    if done is not None:
+        return done
+    if init is not None:
+        from statex.models.init import initialise
+
+        target = Path(stage.train.model)
+        if not (target / "config.json").is_file():  # the same initial weights however often the stage restarts
+            initialise(*init).save_pretrained(target)
+    if stage.directory.exists() and not checkpoint_dirs(stage.directory):
+        remove_path(stage.directory)  # started, never checkpointed: nothing to continue from
+    resume = bool(stage.directory.exists() and checkpoint_dirs(stage.directory))
+    config = dataclasses.replace(stage.train, resume=resume, progress=progress)
+    begun = time.time()
+    summary = statex.train(config)
+    if summary.get("stopped"):
+        raise StatexError(f"{stage.name} stopped at step {summary['steps']} with a checkpoint; continue with --resume")
+    record = {"seconds": round(time.time() - begun, 1), "tokens": stage.tokens,
+              "tokens_per_s": _tokens_per_s(stage.directory), "resumed": resume,
+              "final_loss": summary.get("final_loss"), "heldout_loss": summary.get("heldout_loss")}
+    from statex.strict_json import dumps_strict
+
+    write_atomic(stage.directory / STAGE_RECORD, dumps_strict(record, indent=1) + "\n")
+    return record
+
+
+def run_eval_stage(stage: Stage, ev, tokenizer: str, heldout: str | None, haystack: str | None,
+                   device: str) -> dict[str, Any]:
+    from statex.compare.evaluation import evaluate_stage, prompt_tokens
+    from statex.files import write_atomic
+    from statex.strict_json import dumps_strict
+
+    done = _finished(stage)
+    if done is not None and (stage.directory / "records.json").is_file():
+        return done
+    begun = time.time()
+    rows, parts = evaluate_stage(stage, ev, tokenizer, heldout, haystack, device)
+    seconds = time.time() - begun
+    tokens = prompt_tokens(rows)
+    stage.directory.mkdir(parents=True, exist_ok=True)
+    write_atomic(stage.directory / "records.json", dumps_strict(rows, indent=1) + "\n")
+    record = {"seconds": round(seconds, 1), "tokens": tokens, "tokens_per_s": round(tokens / max(seconds, 1e-9)),
+              "parts": parts}
+    write_atomic(stage.directory / STAGE_RECORD, json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def run_piece(stages: list[Stage], ev, tokenizer: str, heldout: str | None, haystack: str | None, device: str,
+              progress: bool) -> list[str]:
+    """One independent piece: [eval] of a base, or [train, eval] of a variant and seed."""
+    for stage in stages:
+        if stage.kind == "train":
+            run_train_stage(stage, progress)
+        else:
+            run_eval_stage(stage, ev, tokenizer, heldout, haystack, device)
+        if device == "cuda":
+            _release_gpu()
+    return [s.name for s in stages]
+
+
+def _prepare_data(plan: Plan, say) -> None:
+    from statex.data.templates import write_corpus, write_heldout
+
+    generated = plan.spec.data.generated
+    data_dir = plan.out / "data"
+    if generated is not None:
+        if not (data_dir / "corpus.jsonl").is_file():
+            write_corpus(data_dir, generated.get("documents", 2000), generated.get("seed", 0))
+        if plan.spec.data.heldout is None and not (data_dir / "heldout.txt").is_file():
+            write_heldout(data_dir, generated.get("heldout_documents", 400), generated.get("seed", 0))
+    if isinstance(plan.spec.data.tokenizer, dict) and not Path(plan.tokenizer).is_file():
+        from statex.data.tokenizers import train_bpe_tokenizer
+
+        say(f"tokenizer: byte-level BPE of {plan.vocab_size} tokens on {plan.text}")
+        Path(plan.tokenizer).parent.mkdir(parents=True, exist_ok=True)
+        train_bpe_tokenizer([Path(p) for p in plan.text.split(",")], plan.vocab_size, plan.tokenizer,
+                            show_progress=False)
+        from statex.compare.evaluation import check_evaluation
+
+        check_evaluation(plan)  # the checks that needed the tokenizer
+
+
+def workloads(plan: Plan) -> list:
+    """Every GPU workload of the plan's stages, as the trainer and the evaluation will ask for them."""
+    from statex.ops import prewarm
+
+    works, seen = [], set()
+
+    def add(work):
+        if work.key() not in seen:
+            seen.add(work.key())
+            works.append(work)
+
+    ev = plan.spec.eval
+    for stage in plan.stages:
+        if stage.train is None:
+            continue
+        fam = plan.families[stage.family]
+        config = fam.config if stage.variant in ("base", "lpt") or not fam.expansions.get(stage.variant) \
+            else fam.variants[stage.variant]
+        add(prewarm.Workload(config.to_dict(), stage.train.batch_size, stage.train.seq_len, train=True, forward=True,
+                             precision=stage.train.precision))
+        for work in prewarm.forward_workloads(config.to_dict(), ev.batch_size, ev.prefill_chunk, decode=True):
+            add(work)
+    return works
+
+
+def run_compare(spec: CompareSpec, out: str | Path, resume: bool = False, jobs: int | None = None,
+                progress: bool = True, command: str | None = None, ignore: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The whole comparison; returns the report's summary {"records", "verdicts", "out", "plots"}. ``ignore``:
+    names in OUT that are not the comparison's (the demo's re-made bases)."""
+    from statex.compare.parallel import run_tasks
+    from statex.compare.report import write_report
+    from statex.files import write_atomic
+    from statex.locks import RunLock
+
+    out = Path(out)
+    if jobs is not None and jobs < 1:
+        raise StatexError(f"--jobs must be >= 1, got {jobs}")
+    plan = make_plan(spec, out)
+    check_run_directory(out, spec, resume, ignore)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+
+    def say(message: str) -> None:
+        if progress:
+            print(f"== [{(time.time() - started) / 60:5.1f} min] {message}", flush=True)
+
+    with RunLock(out, "comparison"):
+        write_atomic(out / SPEC_RECORD, json.dumps(spec.to_dict(), indent=1) + "\n")
+        _prepare_data(plan, say)
+        gpu = plan.device == "cuda"
+        if gpu:
+            from statex.ops import prewarm
+
+            say("compiling the GPU kernels of every stage")
+            works = workloads(plan)
+            prewarm.prepare(works, progress=progress, limit_s=PREWARM_LIMIT_S_PER_WORKLOAD * len(works))
+        ev, data = plan.spec.eval, plan.spec.data
+        pretrain = {s.name: (run_train_stage, (s, progress and (gpu or jobs == 1),
+                                               (plan.families[s.family].config, spec.families[s.family].base.init,
+                                                spec.families[s.family].base.seed)))
+                    for s in plan.stages if s.kind == "pretrain" and _finished(s) is None}
+        common = dict(jobs=1 if gpu else jobs, progress=progress, log_dir=out / "logs", started=started)
+        if pretrain:
+            run_tasks(pretrain, watch={name: args[0].directory for name, (_, args) in pretrain.items()}, **common)
+        pieces = {stages[0].piece: stages for stages in plan.pieces()
+                  if any(_finished(s) is None for s in stages)}
+        tasks = {name: (run_piece, (stages, ev, plan.tokenizer, plan.heldout, data.haystack, plan.device,
+                                    progress and (gpu or jobs == 1)))
+                 for name, stages in pieces.items()}
+        watch = {name: next((s.directory for s in stages if s.kind == "train"), None)
+                 for name, stages in pieces.items()}
+        if tasks:
+            say(f"{len(tasks)} of {len(plan.pieces())} pieces to run")
+            run_tasks(tasks, watch={k: v for k, v in watch.items() if v is not None}, **common)
+        records, timings = [], {}
+        for stage in plan.stages:
+            timings[stage.name] = _finished(stage)
+            if stage.kind == "eval":
+                records += json.loads((stage.directory / "records.json").read_text())
+        write_atomic(out / "stages.json", json.dumps(timings, indent=1) + "\n")
+        summary = write_report(out, records, plan, timings, time.time() - started,
+                               command or f"statex compare SPEC --out {out}")
+    say(f"done: {out / 'report.md'}")
+    return summary
