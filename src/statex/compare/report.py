@@ -144,8 +144,9 @@ def _family_section(records, family, plan, timings, plots) -> list[str]:
             mark = "*" if base[(length, pairs)] < threshold else ""
             lines.append(f"| {length} | {pairs}{mark} | " + " | ".join(row) + " |")
     lines += _needle_lines(records, family, variants)
-    lines += [""] + [f"![{family} {key}]({path.relative_to(plan.out if plan else path.parent)})"
-                     for key, path in plots.items()] + [""]
+    for key, path in plots.items():
+        lines += ["", f"![{family} {key}]({path.relative_to(plan.out if plan else path.parent)})"]
+    lines.append("")
     return lines
 
 
