@@ -341,7 +341,7 @@ def run_case(cmd: list[str], log_path: Path, limit: float) -> tuple[str, bool | 
             proc.wait()
             failed = f"timed out after {limit} s"
     output = log_path.read_text(errors="replace")
-    with open(log_path.parent / "parts.log", "a") as combined:  # one file: a GPU call returns few files
+    with open(log_path.parent / "parts.log", "a") as combined:  # one file: fewer files to copy back from a GPU machine
         combined.write(f"==== {' '.join(cmd[2:])}\n{output}\n")
     log_path.unlink()
     return output, failed

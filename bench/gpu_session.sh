@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU session, in one call of at most 10 minutes:
+# One GPU session (prewarm, tests, benchmarks), each stage under its own time limit:
 #   1. bench/triton_prewarm.py compiles every Triton kernel the next two steps use, on all CPU cores at once;
 #   2. the CUDA tests (tests/test_gpu.py), their measured errors printed (-s);
 #   3. bench/gpu_bench.py, case by case, each case in its own process with its part's time limit.
@@ -11,10 +11,10 @@
 #   TEST_LIMIT, TEST_K                             seconds for the tests; pytest -k (also narrows their prewarm)
 #   PARTS, ONLY, PART_TIMEOUTS, LENGTHS            bench/gpu_bench.py --parts / --only / --part-timeouts (per case)
 #   TUNE_MS        bench/gpu_bench.py --tune-ms (default 5,25: short timing of autotuning candidates)
-#   AUTOTUNE_TGZ   autotuning results of an earlier call (below)
+#   AUTOTUNE_TGZ   autotuning results of an earlier session (below)
 # Autotuning results (Triton's *.autotune.json files, a few kB) are saved as $OUT/autotune.tgz; pass one back as
-# AUTOTUNE_TGZ=path to a later call on the same kind of GPU and software: its kernels then compile only the chosen
-# config and skip the timing of every candidate, so that call may leave out the prewarm stage.
+# AUTOTUNE_TGZ=path to a later session on the same kind of GPU and software: its kernels then compile only the chosen
+# config and skip the timing of every candidate, so that session may leave out the prewarm stage.
 set -u
 OUT=${OUT:-out/gpu}
 STAGES=${STAGES-prewarm tests bench}
