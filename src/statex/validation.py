@@ -18,7 +18,8 @@ _NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a s
           dict: "a mapping"}
 
 
-def _short(value: Any) -> str:
+def short_repr(value: Any) -> str:
+    """``repr(value)``, cut to 60 characters for a one-line error."""
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -77,4 +78,4 @@ def check_field_types(obj: Any, where: str, label: Callable[[str], str] = lambda
             continue
         value = getattr(obj, f.name)
         if not value_matches(value, hints[f.name]):
-            raise error(f"{where}{label(f.name)} must be {describe_type(hints[f.name])}, got {_short(value)}")
+            raise error(f"{where}{label(f.name)} must be {describe_type(hints[f.name])}, got {short_repr(value)}")

@@ -224,7 +224,8 @@ def run_compare(spec: CompareSpec, out: str | Path, resume: bool = False, jobs: 
             works = workloads(plan)
             prewarm.prepare(works, progress=progress, limit_s=PREWARM_LIMIT_S_PER_WORKLOAD * len(works))
         ev, data = plan.spec.eval, plan.spec.data
-        pretrain = {s.name: (run_train_stage, (s, progress and (gpu or jobs == 1),
+        verbose = progress and (gpu or jobs == 1)  # stages in this process show their progress bars
+        pretrain = {s.name: (run_train_stage, (s, verbose,
                                                (plan.families[s.family].config, spec.families[s.family].base.init,
                                                 spec.families[s.family].base.seed)))
                     for s in plan.stages if s.kind == "pretrain" and _finished(s) is None}
@@ -233,8 +234,7 @@ def run_compare(spec: CompareSpec, out: str | Path, resume: bool = False, jobs: 
             run_tasks(pretrain, watch={name: args[0].directory for name, (_, args) in pretrain.items()}, **common)
         pieces = {stages[0].piece: stages for stages in plan.pieces()
                   if any(_finished(s) is None for s in stages)}
-        tasks = {name: (run_piece, (stages, ev, plan.tokenizer, plan.heldout, data.haystack, plan.device,
-                                    progress and (gpu or jobs == 1)))
+        tasks = {name: (run_piece, (stages, ev, plan.tokenizer, plan.heldout, data.haystack, plan.device, verbose))
                  for name, stages in pieces.items()}
         watch = {name: next((s.directory for s in stages if s.kind == "train"), None)
                  for name, stages in pieces.items()}

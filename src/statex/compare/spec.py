@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from statex.errors import StatexError
-from statex.validation import check_field_types, describe_type, value_matches
+from statex.validation import check_field_types, describe_type, short_repr, value_matches
 
 SPEC_FILE_LIMIT = 2**20
 # TrainConfig fields the comparison sets itself, per stage: a spec that names them would break the protocol
@@ -184,7 +184,7 @@ def _build(cls, data: Any, where: str):
     fields and wrong types are refused naming their dotted path."""
     label = where.rstrip(".") or "the spec"
     if not isinstance(data, dict):
-        raise StatexError(f"{label} must be a mapping, got {_short(data)}")
+        raise StatexError(f"{label} must be a mapping, got {short_repr(data)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(map(str, data)) - set(fields))
     if unknown:
@@ -197,7 +197,7 @@ def _build(cls, data: Any, where: str):
         if nested is not None and value is not None:
             value = _build(nested, {} if value is True else value, f"{where}{name}.")
         elif not value_matches(value, hint):
-            raise StatexError(f"{where}{name} must be {describe_type(hint)}, got {_short(value)}")
+            raise StatexError(f"{where}{name} must be {describe_type(hint)}, got {short_repr(value)}")
         values[name] = value
     missing = [f.name for f in fields.values() if f.name not in values
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
@@ -214,10 +214,6 @@ def _dataclass_of(hint):
             return arg
     return None
 
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def spec_from_dict(data: Any, root: str | Path | None = None) -> CompareSpec:

@@ -3,17 +3,14 @@ bases' configs, the stages' training options and the evaluation requests are che
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from statex.errors import StatexError
+from statex.validation import short_repr
 
 if TYPE_CHECKING:
     from statex.compare.spec import CompareSpec
 
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def validate_spec(spec: CompareSpec) -> CompareSpec:
@@ -25,7 +22,7 @@ def validate_spec(spec: CompareSpec) -> CompareSpec:
         raise StatexError(f"seeds must be between 1 and 1000, got {spec.seeds}")
     if not seeds or any(not isinstance(s, int) or isinstance(s, bool) or not 0 <= s < 2**63 for s in seeds) \
             or len(set(seeds)) != len(seeds):
-        raise StatexError(f"seeds: a count or a list of distinct integers >= 0, got {_short(spec.seeds)}")
+        raise StatexError(f"seeds: a count or a list of distinct integers >= 0, got {short_repr(spec.seeds)}")
     if spec.device not in ("auto", "cpu", "cuda"):
         raise StatexError(f"device must be auto, cpu or cuda, got {spec.device!r}")
     for name, fam in spec.families.items():
@@ -38,7 +35,7 @@ def validate_spec(spec: CompareSpec) -> CompareSpec:
         if base.model is not None:
             if base.model.get("model_type") not in ("gla", "mamba2"):
                 raise StatexError(f"{where}.base.model.model_type must be gla or mamba2, got "
-                                  f"{_short(base.model.get('model_type'))}")
+                                  f"{short_repr(base.model.get('model_type'))}")
             if not base.train:
                 raise StatexError(f"{where}.base.train: a pretrained base needs its training settings")
         if fam.context is not None and fam.context < 1:
@@ -78,7 +75,7 @@ def validate_spec(spec: CompareSpec) -> CompareSpec:
     if not (data.tokenizer == "bytes" or isinstance(data.tokenizer, str)
             or (isinstance(data.tokenizer, dict) and set(data.tokenizer) == {"bpe"})):
         raise StatexError(f"data.tokenizer must be bytes, a tokenizer.json path or {{bpe: VOCAB_SIZE}}, got "
-                          f"{_short(data.tokenizer)}")
+                          f"{short_repr(data.tokenizer)}")
     _validate_eval(spec)
     v = spec.verdict
     if not 0 <= v.capacity_threshold <= 1 or not 0 <= v.recall_floor <= 1 or v.loss_tolerance < 0:
@@ -111,20 +108,20 @@ def _validate_eval(spec: CompareSpec) -> None:
         for length in grid.lengths:
             if not (length in ("base", "post") or (isinstance(length, int) and not isinstance(length, bool)
                                                    and 1 <= length <= 2**24)):
-                raise StatexError(f"eval.{task}.lengths: {_short(length)} is not a length (an integer, base or post)")
+                raise StatexError(f"eval.{task}.lengths: {short_repr(length)} is not a length (an integer, base or post)")
         if grid.n < 1:
             raise StatexError(f"eval.{task}.n must be >= 1, got {grid.n}")
     if ev.mqar is not None and (not ev.mqar.pairs or any(not isinstance(p, int) or p < 1 for p in ev.mqar.pairs)):
-        raise StatexError(f"eval.mqar.pairs: a list of integers >= 1, got {_short(ev.mqar.pairs)}")
+        raise StatexError(f"eval.mqar.pairs: a list of integers >= 1, got {short_repr(ev.mqar.pairs)}")
     for task in ("passkey", "niah"):
         grid = grids[task]
         if grid is not None and any(not isinstance(d, (int, float)) or not 0 <= d <= 1 for d in grid.depths):
-            raise StatexError(f"eval.{task}.depths: numbers in [0, 1], got {_short(grid.depths)}")
+            raise StatexError(f"eval.{task}.depths: numbers in [0, 1], got {short_repr(grid.depths)}")
     if ev.niah is not None and 2 in ev.niah.variants and spec.data.haystack is None:
         raise StatexError("eval.niah.variants: single_2 needs data.haystack (a long local text)")
     if ev.ppl is not None:
         if not (ev.ppl.length in ("base", "post") or (isinstance(ev.ppl.length, int) and ev.ppl.length >= 1)):
-            raise StatexError(f"eval.ppl.length: an integer, base or post, got {_short(ev.ppl.length)}")
+            raise StatexError(f"eval.ppl.length: an integer, base or post, got {short_repr(ev.ppl.length)}")
         if ev.ppl.windows < 1 or ev.ppl.batch_size < 1:
             raise StatexError("eval.ppl: windows and batch_size must be >= 1")
         if spec.data.heldout is None and spec.data.generated is None:

@@ -18,7 +18,7 @@ QUICK = {"seeds": 2, "train.batch_size": 4, "steps": 6, "eval.mqar.n": 8, "eval.
 def demo_spec_mapping(quick: bool = False, families: list[str] | None = None, seeds: int | None = None,
                       steps: int | None = None, batch: int | None = None, lr: float | None = None,
                       modes: list[str] | None = None, expand_layers: str | None = None, heads: int | None = None,
-                      factor: int | None = None, bases: dict[str, Path] | None = None) -> dict[str, Any]:
+                      factor: int | None = None) -> dict[str, Any]:
     """The shipped spec's mapping with the demo's flags applied (base paths made absolute)."""
     from statex.compare.spec import apply_override, read_spec_file
     from statex.expand import GLA_MODES, MAMBA2_MODES
@@ -54,8 +54,6 @@ def demo_spec_mapping(quick: bool = False, families: list[str] | None = None, se
     for name, fam in raw["families"].items():
         if lr is not None:
             fam["train"]["lr"] = lr
-        if bases and name in bases:
-            fam["base"] = str(bases[name])
         statex_variants = [v for v in fam["variants"] if isinstance(v, dict)]
         template = dict(statex_variants[0]) if statex_variants else {}
         if modes:
@@ -82,32 +80,30 @@ def run_demo(out: str | Path = "out/demo", quick: bool = False, families: list[s
     shipped ones, or ``base_from`` (a directory of ``statex demo pretrain``), or with ``pretrain`` re-made in
     OUT/bases first. Returns the report's summary."""
     from statex.compare.engine import run_compare
-    from statex.compare.spec import read_spec_file, spec_from_dict
+    from statex.compare.spec import spec_from_dict
     from statex.demo.bases import find_base, pretrain_bases, shipped_base
 
     if base_from is not None and pretrain:
         raise StatexError("give --pretrain or --base-from, not both")
     out = Path(out)
-    known = list(read_spec_file(SPEC)["families"])
-    unknown = [f for f in families or () if f not in known]
-    if unknown:
-        raise StatexError(f"unknown famil{'ies' if len(unknown) > 1 else 'y'} {', '.join(unknown)} "
-                          f"(choose from {', '.join(known)})")
-    chosen = families or known
-    bases = None
+    raw = demo_spec_mapping(quick, families, **flags)  # checks the families and flags first
+    chosen = list(raw["families"])
     if base_from is not None:
         if Path(base_from).resolve() == out.resolve():
             raise StatexError("--base-from must be another directory than --out")
         bases = {f: find_base(Path(base_from), f).resolve() for f in chosen}
-    elif not pretrain:
+    elif pretrain:
+        bases = {f: (out / "bases" / f).resolve() for f in chosen}
+    else:
+        bases = {}
         for family in chosen:
             if not (shipped_base(family) / "config.json").is_file():
                 raise StatexError(f"the shipped {family} base is missing from {shipped_base(family)}: re-create it "
                                   "with `statex demo pretrain --out DIR` and pass --base-from DIR, or run with "
                                   "--pretrain")
-    if pretrain:
-        bases = {f: (out / "bases" / f).resolve() for f in chosen}
-    spec = spec_from_dict(demo_spec_mapping(quick, families, bases=bases, **flags), root=SPEC.parent)
+    for family, base in bases.items():
+        raw["families"][family]["base"] = str(base)
+    spec = spec_from_dict(raw, root=SPEC.parent)
     if pretrain:
         from statex.compare.engine import check_run_directory
         from statex.demo.settings import default_recipes

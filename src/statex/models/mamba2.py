@@ -1,4 +1,4 @@
-"""Mamba2 mixer and block with mamba_ssm's math and parameter names (SPEC.md section 3).
+"""Mamba2 mixer and block with mamba_ssm's math and parameter names.
 
 Mixer, with d_inner I = nheads * headdim, G groups, state size N:
     zxbcdt = in_proj(u)                              # [z (I) | x (I) | B (G*N) | C (G*N) | dt (nheads)]

@@ -3,7 +3,7 @@ it, keep the chosen configs in a cache directory that later runs reuse, and choo
 
 Why: fla's kernels autotune over up to 24 candidate configs each; Triton compiles a candidate on its first use,
 one after another, inside the one process that also trains. On a fresh H200 the mid-scale GLA recipe had not
-reached step 5 after 400 s, all of it compilation (../shared/GPU_NOTES.md).
+reached step 5 after 400 s, all of it compilation.
 
 Modes (``--autotune`` on ``statex train``, ``eval`` and ``generate``; ``STATEX_AUTOTUNE`` mirrors it):
   fast  (default) every candidate compiled (in parallel, beforehand) and timed 5 + 25 ms: the choice may differ
