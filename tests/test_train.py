@@ -200,18 +200,17 @@ def test_paper_experiment_configs_parse():
         assert lpt["seq_len"] == 65536 and lpt["steps"] == 20000 and lpt["lr"] == 3e-4
 
 
-def test_sequence_averaged_loss_weighs_every_sequence_equally(setup):
-    from statex.train.trainer import _Run
+def test_sequence_averaged_loss_weighs_every_sequence_equally():
+    from statex.train.loss import weighted_loss
 
-    run = _Run.__new__(_Run)
-    run.config = options(setup, loss_average="sequences")
-    run.wrapped = statex.build_model(statex.gla_config(257, 32, 1, num_heads=2), seed=0)
+    model = statex.build_model(statex.gla_config(257, 32, 1, num_heads=2), seed=0)
     ids = torch.randint(0, 257, (2, 16))
     labels = ids.clone()
     labels[1, :12] = -100  # the second sequence labels only 4 tokens
-    got = run._loss(ids, labels)
-    logits = run.wrapped(ids).logits[:, :-1]
+    got = weighted_loss(model(ids).logits, labels, torch.ones(2), "sequences")
+    logits = model(ids).logits[:, :-1]
     per_seq = [torch.nn.functional.cross_entropy(logits[b], labels[b, 1:], ignore_index=-100) for b in range(2)]
     torch.testing.assert_close(got, (per_seq[0] + per_seq[1]) / 2)
-    token_mean = run.wrapped(ids, labels=labels).loss
+    token_mean = model(ids, labels=labels).loss
     assert not torch.allclose(got, token_mean)
+    torch.testing.assert_close(weighted_loss(model(ids).logits, labels, torch.ones(2), "tokens"), token_mean)

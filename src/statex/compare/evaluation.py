@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from statex.data.tokenizers import is_builtin
 from statex.errors import StatexError
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ def check_evaluation(plan: Plan) -> None:
 
     spec = plan.spec
     tokenizer = None
-    if plan.tokenizer == "bytes" or Path(plan.tokenizer).is_file():
+    if is_builtin(plan.tokenizer) or Path(plan.tokenizer).is_file():
         tokenizer = statex.load_tokenizer(plan.tokenizer)
     for fam in plan.families.values():
         for task, (names, options) in task_requests(spec.eval, fam.lengths, plan.heldout, spec.data.haystack).items():

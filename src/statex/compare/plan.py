@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from statex.compare.spec import BUDGET_EXTRAS, CompareSpec
+from statex.data.tokenizers import is_builtin
 from statex.errors import StatexError
 
 
@@ -128,7 +129,7 @@ def _tokenizer(spec: CompareSpec, out: Path) -> tuple[str, int]:
         if spec.data.text is None:
             raise StatexError("data.tokenizer {bpe: ...} is trained on data.text: give data.text (or --data CORPUS)")
         return str(out / "tokenizer" / "tokenizer.json"), size
-    if tok != "bytes" and not Path(tok).exists():
+    if not is_builtin(tok) and not Path(tok).exists():
         raise StatexError(f"data.tokenizer {tok}: no such file")
     return str(tok), statex.load_tokenizer(tok).vocab_size
 

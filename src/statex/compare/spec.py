@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from statex.data.tokenizers import is_builtin
 from statex.errors import StatexError
 from statex.validation import check_field_types, describe_type, short_repr, value_matches
 
@@ -261,7 +262,7 @@ def _resolve_paths(spec: CompareSpec, root: Path) -> None:
         fam.base.path = resolve(fam.base.path)
     data = spec.data
     data.text, data.heldout, data.haystack = resolve(data.text), resolve(data.heldout), resolve(data.haystack)
-    if isinstance(data.tokenizer, str) and data.tokenizer != "bytes":
+    if isinstance(data.tokenizer, str) and not is_builtin(data.tokenizer):
         data.tokenizer = resolve(data.tokenizer)
     if spec.eval.recall_qa is not None:
         spec.eval.recall_qa.files = [resolve(f) for f in spec.eval.recall_qa.files]

@@ -74,7 +74,7 @@ def validate_spec(spec: CompareSpec) -> CompareSpec:
             raise StatexError("data: give text or generated, not both")
     if not (data.tokenizer == "bytes" or isinstance(data.tokenizer, str)
             or (isinstance(data.tokenizer, dict) and set(data.tokenizer) == {"bpe"})):
-        raise StatexError(f"data.tokenizer must be bytes, a tokenizer.json path or {{bpe: VOCAB_SIZE}}, got "
+        raise StatexError(f"data.tokenizer must be bytes, ids:N, a tokenizer.json path or {{bpe: VOCAB_SIZE}}, got "
                           f"{short_repr(data.tokenizer)}")
     _validate_eval(spec)
     v = spec.verdict

@@ -1,6 +1,8 @@
-"""Tokenizers: the built-in byte-level one (no files needed) or a local HF ``tokenizer.json``.
+"""Tokenizers: the built-in byte-level one (no files needed), a local HF ``tokenizer.json``, or ``ids:N``: N opaque
+token ids with no text at all, for models trained and evaluated on synthetic recall only (zoology's MQAR uses a
+vocabulary of 8,192 ids).
 
-Nothing is ever downloaded: a tokenizer is either ``bytes`` or a path on disk.
+Nothing is ever downloaded: a tokenizer is ``bytes``, ``ids:N`` or a path on disk.
 """
 from __future__ import annotations
 
@@ -33,6 +35,33 @@ class ByteTokenizer:
     @property
     def fingerprint(self) -> str:
         return "bytes-v1"
+
+
+class IdTokenizer:
+    """``ids:N``: a vocabulary of N ids that stand for nothing (synthetic tasks draw ids directly). It has no end
+    of document and cannot encode text: tasks that need text (corpora, passkey, perplexity) are refused."""
+
+    eos_token_id = None
+
+    def __init__(self, vocab_size: int):
+        if not 2 <= vocab_size <= MAX_VOCAB:
+            raise StatexError(f"tokenizer ids:{vocab_size}: the vocabulary size must be in [2, {MAX_VOCAB:,}]")
+        self.vocab_size = vocab_size
+        self.name = f"ids:{vocab_size}"
+
+    def encode(self, text: str) -> list[int]:
+        raise StatexError(f"tokenizer {self.name} has no text: it serves synthetic tasks only (use 'bytes' or a "
+                          "tokenizer.json for text)")
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def decode(self, ids: list[int]) -> str:
+        return " ".join(str(int(i)) for i in ids)
+
+    @property
+    def fingerprint(self) -> str:
+        return f"ids-{self.vocab_size}"
 
 
 class HFTokenizer:
@@ -74,10 +103,21 @@ class HFTokenizer:
         return self._fingerprint
 
 
-def load_tokenizer(spec: str | Path) -> ByteTokenizer | HFTokenizer:
-    """``"bytes"`` for the built-in byte tokenizer, else a path to a tokenizer.json (or its directory)."""
+def is_builtin(spec) -> bool:
+    """A tokenizer that needs no file: ``bytes`` or ``ids:N``."""
+    return str(spec) == "bytes" or str(spec).startswith("ids:")
+
+
+def load_tokenizer(spec: str | Path) -> ByteTokenizer | IdTokenizer | HFTokenizer:
+    """``"bytes"`` for the built-in byte tokenizer, ``"ids:N"`` for N text-less ids, else a path to a
+    tokenizer.json (or its directory)."""
     if str(spec) == "bytes":
         return ByteTokenizer()
+    if str(spec).startswith("ids:"):
+        size = str(spec)[4:]
+        if not size.isdigit():
+            raise StatexError(f"tokenizer {spec}: expected ids:N with N a vocabulary size, e.g. ids:8192")
+        return IdTokenizer(int(size))
     return HFTokenizer(spec)
 
 

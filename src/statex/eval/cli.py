@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 import statex
+from statex.data.tokenizers import is_builtin
 from statex.cli_support import (add_device_flags, check_seed, check_vocab, device_from_flag, int_list,
                                 prepare_kernels, resolve_tokenizer)
 
@@ -29,7 +30,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
         shots=int_list(args.shots))
     check_request(tasks, n=args.n, batch_size=args.batch_size, prefill_chunk=args.prefill_chunk, **options)
     check_seed(args.seed)
-    inputs = [*args.models, args.tokenizer if args.tokenizer != "bytes" else None, options["ppl_file"],
+    inputs = [*args.models, None if is_builtin(args.tokenizer) else args.tokenizer, options["ppl_file"],
               options["icl_file"], options["haystack"], *(options["recall_files"] or [])]
     out = check_output(args.out, flag="--out", inputs=inputs, force=args.force)
     if args.lm_eval and args.lm_eval_include is not None and not Path(args.lm_eval_include).is_dir():

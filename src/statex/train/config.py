@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,8 @@ CONFIG_FILE_LIMIT = 2**20  # an options file is a few hundred bytes
 
 # what a resumed run must share with the run it continues (the data order, the model and the optimisation);
 # the rest (steps, logging, saving, hardware) may change between resumes
-RESUME_FIXED = ("model", "init", "data", "text_field", "tokenizer", "synthetic", "text_weight", "loss_average",
+RESUME_FIXED = ("model", "init", "data", "text_field", "tokenizer", "synthetic", "text_weight", "text_loss_weight",
+                "loss_average", "state_passing",
                 "heldout_sequences", "seq_len", "lr", "min_lr", "warmup", "schedule", "decay_fraction",
                 "weight_decay", "beta1", "beta2", "eps", "clip", "seed", "precision", "expand_layers", "mode",
                 "heads", "factor", "expand_seed", "keep_attn_norm", "keep_ssm_params", "dt_init")
@@ -32,8 +34,10 @@ class TrainConfig:
     cache_dir: str | None = None  # token cache (default OUT/token-cache); share it between runs
     synthetic: Any = None  # "mqar:0.3,passkey:0.1" or a list of {kind, weight, num_pairs}
     text_weight: float = 1.0
+    text_loss_weight: float = 1.0  # the text tokens' weight in the loss (each synthetic source has its own)
     loss_average: str = "tokens"  # tokens: mean over labelled tokens; sequences: mean of per-sequence means
     heldout_sequences: int = 16
+    state_passing: float = 0.0  # probability that a micro-batch starts from the previous one's final state
     # optimisation
     seq_len: int = 2048
     batch_size: int = 1  # per process
@@ -102,6 +106,10 @@ class TrainConfig:
             raise StatexError("--out: the output path is empty")
         if self.text_weight < 0 or self.weight_decay < 0 or self.clip < 0 or self.eps <= 0:
             raise StatexError("--text-weight, --weight-decay and --clip must be >= 0 and --eps > 0")
+        if not (math.isfinite(self.text_loss_weight) and self.text_loss_weight >= 0):
+            raise StatexError(f"--text-loss-weight must be a finite number >= 0, got {self.text_loss_weight}")
+        if not 0 <= self.state_passing <= 1:
+            raise StatexError(f"--state-passing must be a probability in [0, 1], got {self.state_passing}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise StatexError("--beta1 and --beta2 must be in [0, 1)")
         if self.expand_layers is not None and not isinstance(self.expand_layers, (str, int, list)):

@@ -69,3 +69,10 @@ def _check_groups(groups: list[dict[str, Any]], names: list[list[str]]) -> None:
 
         raise CheckpointError("the checkpoint's optimizer state does not hold this model's parameters in its "
                               "groups (a different model or optimizer grouping)")
+
+
+def build_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on parameters with two or more dimensions, none on the rest."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

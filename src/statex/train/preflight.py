@@ -42,7 +42,8 @@ def check_request(config: TrainConfig, tokenizer, existing: list[Path], device=N
 def training_bytes(config: TrainConfig, model_config) -> int:
     """A lower bound of a training step's memory: the weights with their gradients and AdamW moments, plus
     the logits and one activation per layer of one micro-batch (the real figure is higher)."""
-    tokens = config.batch_size * config.seq_len
+    longest = max([config.seq_len] + [s.seq_len or 0 for s in parse_synthetic(config.synthetic)])
+    tokens = config.batch_size * longest
     per_token = 4 * (3 * model_config.vocab_size + 2 * model_config.n_layer * model_config.d_model)
     return TRAINING_BYTES_PER_PARAM * model_config.parameter_count() + tokens * per_token
 

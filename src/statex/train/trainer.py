@@ -26,8 +26,11 @@ from statex.train import distributed, optim_state
 from statex.train.checkpoint import checkpoint_dirs, load_latest_checkpoint, rng_state, save_checkpoint, set_rng_state
 from statex.train.config import TrainConfig, check_resumable
 from statex.train.preflight import check_request
-from statex.train.run_directory import RUN_CONFIG, check_run_directory, read_run_config
+from statex.train.optim_state import build_param_groups
+from statex.train.run_directory import RUN_CONFIG, check_run_directory, read_run_config, trim_metrics
+from statex.train.loss import weighted_loss
 from statex.train.schedule import learning_rate
+from statex.train.state_passing import StatePassing
 
 
 class TrainingStopped(StatexError):
@@ -54,13 +57,6 @@ def train(config: TrainConfig) -> dict[str, Any]:
         if run is not None and run.lock is not None:
             run.lock.release()
         distributed.teardown()
-
-
-def build_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: weight decay on parameters with two or more dimensions, none on the rest."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 class _Run:
@@ -114,17 +110,21 @@ class _Run:
         self.wrapped = distributed.wrap(self.model, env, config.fsdp)
         self.optimizer = torch.optim.AdamW(build_param_groups(self.model, config.weight_decay), lr=config.lr,
                                            betas=(config.beta1, config.beta2), eps=config.eps)
-        self.step, self.position = 0, 0
+        self.step, self.position, self.tokens = 0, 0, 0
+        self.sequences_per_step = env.world * config.batch_size * config.grad_accum
+        self.passing = StatePassing(config.state_passing, config.seed)
         if state is not None:
             self._load_optimizer_state(state["optimizer"])
             set_rng_state(state["rng"])
             self.step, self.position = state["step"], state["data_position"]
+            # checkpoints written before mixed lengths existed: every step had seq_len tokens per sequence
+            self.tokens = state.get("tokens", self.step * self.sequences_per_step * config.seq_len)
+            self.passing.load(state.get("carried_state"), self.model, env.device)
             if env.main:
                 print(f"resumed from {loaded[2]} at step {self.step}")
-        self.tokens_per_step = env.world * config.batch_size * config.grad_accum * config.seq_len
         self.metrics_path = self.out / "metrics.jsonl"
         if env.main:
-            self._trim_metrics()
+            trim_metrics(self.metrics_path, self.step)
             write_atomic(self.out / RUN_CONFIG, json.dumps({**config.to_dict(), "world_size": env.world}, indent=2)
                          + "\n")
         self.writer = None
@@ -149,7 +149,7 @@ class _Run:
             path = build_token_cache(config.data, self.tokenizer, cache_dir, config.text_field, show_progress=False)
             packed = load_packed(path, config.seq_len, config.heldout_sequences)
         return TrainStream(packed, config.seq_len, config.seed, self.tokenizer, parse_synthetic(config.synthetic),
-                           config.text_weight)
+                           config.text_weight, config.text_loss_weight)
 
     def _build_model(self, loaded):
         from statex import build_model, expand, load_config, load_model
@@ -205,8 +205,8 @@ class _Run:
         first_step = self.step + 1
         try:
             while self.step < config.steps:
-                loss, grad_norm, lr = self._train_step()
-                self.position += self.tokens_per_step // config.seq_len
+                loss, grad_norm, lr, step_tokens = self._train_step()
+                self.position += self.sequences_per_step
                 if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                     self.optimizer.zero_grad(set_to_none=True)
                     skipped += 1
@@ -225,15 +225,16 @@ class _Run:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
                 last_loss = loss
-                window_tokens += self.tokens_per_step
+                window_tokens += step_tokens
+                self.tokens += step_tokens
                 bar.update(1)
                 last = self.step == config.steps
-                first = window_tokens == self.tokens_per_step and self.step == first_step  # compile time shows
+                first = self.step == first_step  # its time includes compilation: shown on its own
                 if self.step % config.log_every == 0 or last or first:
                     elapsed = time.perf_counter() - window_start
                     record = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                               "tokens_per_s": window_tokens / max(elapsed, 1e-9),
-                              "tokens": self.step * self.tokens_per_step, "time": round(time.time(), 3)}
+                              "tokens": self.tokens, "time": round(time.time(), 3)}
                     if env.device.type == "cuda":  # the largest of any rank since the start (every rank joins)
                         peak = torch.cuda.max_memory_allocated(env.device) / 2**30
                         record["peak_memory_gib"] = round(env.maximum(peak), 3)
@@ -280,42 +281,40 @@ class _Run:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.env.device.type, dtype=torch.bfloat16)
 
-    def _train_step(self) -> tuple[float, float, float]:
+    def _train_step(self) -> tuple[float, float, float, int]:
         config, env = self.config, self.env
         lr = learning_rate(self.step, config.steps, config.lr, config.min_lr, config.warmup, config.schedule,
                            config.decay_fraction)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        total = 0.0
+        total, tokens = 0.0, 0
         for micro in range(config.grad_accum):
             start = self.position + (micro * env.world + env.rank) * config.batch_size
-            ids, labels = self.stream.batch(start, config.batch_size)
-            ids, labels = ids.to(env.device), labels.to(env.device)
+            ids, labels, weights = self.stream.weighted_batch(start, config.batch_size, key=self.position)
+            ids, labels, weights = ids.to(env.device), labels.to(env.device), weights.to(env.device)
+            tokens += ids.numel() * env.world  # every process of a step draws the same length
+            initial = self.passing.initial(self.position, micro, ids.shape[0])
             last_micro = micro == config.grad_accum - 1
             no_sync = getattr(self.wrapped, "no_sync", None)
             sync_context = no_sync() if (no_sync is not None and not last_micro) else contextlib.nullcontext()
             with sync_context:
                 with self._autocast():
-                    loss = self._loss(ids, labels)
+                    loss, final = self._loss(ids, labels, weights, initial)
                 (loss / config.grad_accum).backward()
+            self.passing.keep(final)
             total += float(loss.detach()) / config.grad_accum
         loss_mean = env.mean(total)
         max_norm = config.clip if config.clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        return loss_mean, float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm), lr
+        norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+        return loss_mean, norm, lr, tokens
 
-    def _loss(self, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.config.loss_average == "tokens":
-            return self.wrapped(ids, labels=labels).loss
-        # every sequence counts equally, however many of its tokens are labelled (synthetic recall sequences
-        # label only their answers; averaged over tokens they would be drowned by fully labelled text)
-        logits = self.wrapped(ids).logits
-        targets = labels[:, 1:]
-        losses = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets,
-                                                   ignore_index=-100, reduction="none")
-        counts = (targets != -100).sum(1)
-        per_sequence = losses.sum(1) / counts.clamp(min=1)
-        return per_sequence[counts > 0].mean()
+    def _loss(self, ids: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, initial=None):
+        """(the loss of train/loss.py, the final state when state passing is on)."""
+        if self.config.loss_average == "tokens" and bool((weights == 1).all()) and not self.passing.enabled:
+            return self.wrapped(ids, labels=labels).loss, None
+        out = self.wrapped(ids, state=initial, use_cache=self.passing.enabled)
+        return weighted_loss(out.logits, labels, weights, self.config.loss_average), out.state
 
     @torch.no_grad()
     def heldout_loss(self) -> float | None:
@@ -363,21 +362,6 @@ class _Run:
                 if key != "step" and isinstance(value, (int, float)):
                     self.writer.add_scalar(key, value, record["step"])
 
-    def _trim_metrics(self) -> None:
-        """On resume, drop records of steps after the checkpoint (a run that died after its last save)."""
-        if not self.metrics_path.exists():
-            return
-        kept = []
-        for line in self.metrics_path.read_text(errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:  # a line cut short by a crash mid-write
-                continue
-            step = record.get("step", 0) if isinstance(record, dict) else None
-            if isinstance(step, int) and step <= self.step:
-                kept.append(line)
-        write_atomic(self.metrics_path, "".join(line + "\n" for line in kept))
-
     def _unwrapped_for_save(self):
         if not self.config.fsdp or not self.env.enabled:
             return self.model
@@ -401,8 +385,9 @@ class _Run:
         model = self._unwrapped_for_save()
         optimizer = self._optimizer_state()
         if self.env.main:
-            state = {"step": self.step, "data_position": self.position, "optimizer": optimizer,
-                     "rng": rng_state(), "config": self.config.to_dict(), "world_size": self.env.world}
+            state = {"step": self.step, "data_position": self.position, "tokens": self.tokens, "optimizer": optimizer,
+                     "rng": rng_state(), "config": self.config.to_dict(), "world_size": self.env.world,
+                     "carried_state": self.passing.state_dict()}
             save_checkpoint(self.out, self.step, model, state, self.config.keep)
         self.env.barrier()
 
