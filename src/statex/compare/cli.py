@@ -111,8 +111,9 @@ def add_compare_parser(sub) -> None:
     p.add_argument("--families", help="run only these families of the spec (comma-separated)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: the spec's (auto: CUDA when "
                                                                       "available)")
-    p.add_argument("--jobs", type=int, help="CPU: pieces side by side in this many processes of one thread each "
-                                            "(default one per core; 1 runs them here). A GPU runs them in turn.")
+    p.add_argument("--jobs", type=int, help="pieces side by side in this many processes: on a CPU of one thread "
+                                            "each (default one per core; 1 runs them here); on a GPU sharing it "
+                                            "(default 1: in turn; more for models too small to fill it)")
     p.add_argument("--resume", action="store_true", help="continue a stopped run in --out (the same spec)")
     p.add_argument("--plan", action="store_true", help="print the stages, state and parameter counts and tokens, "
                                                        "and exit (configs only: no weights or data are read)")

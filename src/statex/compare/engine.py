@@ -1,6 +1,6 @@
 """``run_compare``: a comparison's stages run in order (data and tokenizer, pretraining, then the independent
 pieces: post-training and evaluation per variant and seed), side by side in processes of one thread each on a
-CPU and one after the other on a GPU. A stage that finished is never run again: its directory holds
+CPU and one after the other on a GPU (side by side there too with ``jobs``: small models leave a GPU mostly idle). A stage that finished is never run again: its directory holds
 ``stage.json`` (seconds, tokens, tokens/s); a stopped training stage continues from its last checkpoint. A
 resumed run must have the spec it started with (more or fewer seeds excepted)."""
 from __future__ import annotations
@@ -62,6 +62,32 @@ def _tokens_per_s(run: Path) -> float | None:
     return round(statistics.median(steady)) if steady else None
 
 
+def _stage_config(plan: Plan, stage: Stage):
+    """The ModelConfig a stage trains: a reference's own, a StateX variant's expanded one, else the base's."""
+    fam = plan.families[stage.family]
+    if stage.variant in fam.references:
+        return fam.references[stage.variant]
+    if fam.expansions.get(stage.variant):
+        return fam.variants[stage.variant]
+    return fam.config
+
+
+def _trained_tokens(run: Path) -> int | None:
+    """The tokens a finished run read, from its last metrics record."""
+    try:
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("tokens"), int):
+            return row["tokens"]
+    return None
+
+
 def _finished(stage: Stage) -> dict[str, Any] | None:
     try:
         return json.loads((stage.directory / STAGE_RECORD).read_text())
@@ -102,7 +128,7 @@ def run_train_stage(stage: Stage, progress: bool, init: tuple | None = None) -> 
     summary = statex.train(config)
     if summary.get("stopped"):
         raise StatexError(f"{stage.name} stopped at step {summary['steps']} with a checkpoint; continue with --resume")
-    record = {"seconds": round(time.time() - begun, 1), "tokens": stage.tokens,
+    record = {"seconds": round(time.time() - begun, 1), "tokens": _trained_tokens(stage.directory) or stage.tokens,
               "tokens_per_s": _tokens_per_s(stage.directory), "resumed": resume,
               "final_loss": summary.get("final_loss"), "heldout_loss": summary.get("heldout_loss")}
     from statex.strict_json import dumps_strict
@@ -182,11 +208,13 @@ def workloads(plan: Plan) -> list:
     for stage in plan.stages:
         if stage.train is None:
             continue
-        fam = plan.families[stage.family]
-        config = fam.config if stage.variant in ("base", "lpt") or not fam.expansions.get(stage.variant) \
-            else fam.variants[stage.variant]
-        add(prewarm.Workload(config.to_dict(), stage.train.batch_size, stage.train.seq_len, train=True, forward=True,
-                             precision=stage.train.precision))
+        from statex.data.dataset import parse_synthetic
+
+        config = _stage_config(plan, stage)
+        lengths = {stage.train.seq_len} | {s.seq_len for s in parse_synthetic(stage.train.synthetic) if s.seq_len}
+        for length in sorted(lengths):  # a mixture trains batches of each of its lengths
+            add(prewarm.Workload(config.to_dict(), stage.train.batch_size, length, train=True, forward=True,
+                                 precision=stage.train.precision))
         for work in prewarm.forward_workloads(config.to_dict(), ev.batch_size, ev.prefill_chunk, decode=True):
             add(work)
     return works
@@ -224,12 +252,12 @@ def run_compare(spec: CompareSpec, out: str | Path, resume: bool = False, jobs: 
             works = workloads(plan)
             prewarm.prepare(works, progress=progress, limit_s=PREWARM_LIMIT_S_PER_WORKLOAD * len(works))
         ev, data = plan.spec.eval, plan.spec.data
-        verbose = progress and (gpu or jobs == 1)  # stages in this process show their progress bars
-        pretrain = {s.name: (run_train_stage, (s, verbose,
-                                               (plan.families[s.family].config, spec.families[s.family].base.init,
-                                                spec.families[s.family].base.seed)))
+        verbose = progress and (jobs == 1 or (gpu and not jobs))  # stages in this process show their progress bars
+        pretrain = {s.name: (run_train_stage, (s, verbose, (_stage_config(plan, s), spec.families[s.family].base.init,
+                                                            spec.families[s.family].base.seed)))
                     for s in plan.stages if s.kind == "pretrain" and _finished(s) is None}
-        common = dict(jobs=1 if gpu else jobs, progress=progress, log_dir=out / "logs", started=started)
+        # a GPU runs one piece at a time unless asked: several small models can share it
+        common = dict(jobs=(jobs or 1) if gpu else jobs, progress=progress, log_dir=out / "logs", started=started)
         if pretrain:
             run_tasks(pretrain, watch={name: args[0].directory for name, (_, args) in pretrain.items()}, **common)
         pieces = {stages[0].piece: stages for stages in plan.pieces()

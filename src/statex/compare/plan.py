@@ -7,6 +7,7 @@ weights or data are read.
     OUT/data/                                 data.generated: corpus.jsonl, heldout.txt
     OUT/<family>/base/train/                  pretraining (a spec's base.model), final model in train/final
     OUT/<family>/base/eval/                   the base's evaluation (records.json, stage.json)
+    OUT/<family>/<reference>/{init,train,eval} a from-scratch reference (family.references), as the base
     OUT/<family>/<variant>/seed<S>/train/     post-training of that variant with seed S (LPT or StateX)
     OUT/<family>/<variant>/seed<S>/eval/      its evaluation
 """
@@ -45,9 +46,14 @@ class Stage:
 
     @property
     def tokens(self) -> int:
+        """The tokens the stage trains on (expected, for a mixture of sequence lengths)."""
         if self.train is None:
             return 0
-        return self.train.steps * self.train.batch_size * self.train.grad_accum * self.train.seq_len
+        from statex.data.dataset import mean_sequence_length, parse_synthetic
+
+        t = self.train
+        length = mean_sequence_length(t.seq_len, parse_synthetic(t.synthetic), t.text_weight if t.data else None)
+        return round(t.steps * t.batch_size * t.grad_accum * length)
 
 
 @dataclass
@@ -59,6 +65,7 @@ class FamilyPlan:
     variants: dict[str, Any]  # label -> ModelConfig after the variant's expansion
     expansions: dict[str, dict[str, Any]]  # label -> TrainConfig expansion fields ({} for LPT)
     lengths: dict[str, list[int]]  # task -> evaluation lengths
+    references: dict[str, Any] = field(default_factory=dict)  # from-scratch reference name -> its ModelConfig
 
 
 @dataclass
@@ -76,13 +83,14 @@ class Plan:
     def pieces(self) -> list[list[Stage]]:
         """The post-training and evaluation stages grouped into independent pieces: [train, eval] for a variant
         and seed, in the spec's family order, seeds outermost within a family; then [eval] for each base, the
-        shortest pieces, last: side-by-side workers then finish close together."""
+        shortest pieces, last (with the from-scratch references'): side-by-side workers then finish close
+        together."""
         grouped: dict[str, list[Stage]] = {}
         for stage in self.stages:
             if stage.kind != "pretrain":
                 grouped.setdefault(stage.piece, []).append(stage)
         pieces = list(grouped.values())
-        return [p for p in pieces if p[0].variant != "base"] + [p for p in pieces if p[0].variant == "base"]
+        return [p for p in pieces if p[0].seed is not None] + [p for p in pieces if p[0].seed is None]
 
 
 def _resolve_device(name: str) -> str:
@@ -134,7 +142,8 @@ def _tokenizer(spec: CompareSpec, out: Path) -> tuple[str, int]:
     return str(tok), statex.load_tokenizer(tok).vocab_size
 
 
-def _base_config(spec: CompareSpec, name: str, vocab_size: int):
+def _base_config(spec: CompareSpec, name: str, vocab_size: int, changes: dict[str, Any] | None = None,
+                 where: str = "base.model"):
     import statex
     from statex.models.init import check_init
 
@@ -143,13 +152,13 @@ def _base_config(spec: CompareSpec, name: str, vocab_size: int):
         if not (Path(base.path) / "config.json").is_file():
             raise StatexError(f"families.{name}.base {base.path}: not a model directory (no config.json)")
         return statex.load_config(base.path)[0]
-    kwargs = {k: v for k, v in base.model.items() if k != "model_type"}
+    kwargs = {k: v for k, v in {**base.model, **(changes or {})}.items() if k != "model_type"}
     kwargs.setdefault("vocab_size", vocab_size)
     make = statex.gla_config if base.model["model_type"] == "gla" else statex.mamba2_config
     try:
         config = make(**kwargs)
-    except TypeError as exc:
-        raise StatexError(f"families.{name}.base.model: {exc}") from None
+    except (TypeError, ValueError, StatexError) as exc:
+        raise StatexError(f"families.{name}.{where}: {exc}") from None
     check_init(base.init, config.family)
     return config
 
@@ -188,6 +197,7 @@ def make_plan(spec: CompareSpec, out: str | Path) -> Plan:
                               f"has {config.vocab_size}: wrong tokenizer for this base")
         root = out / name
         context = fam.context
+        references: dict[str, Any] = {}
         if fam.base.model is not None:
             pre = _budget(fam.base.train, f"families.{name}.base.train")
             pre_config = _resolve(resolve_config, {**common, **pre, "model": str(root / "base" / "init"),
@@ -196,6 +206,11 @@ def make_plan(spec: CompareSpec, out: str | Path) -> Plan:
             context = context or pre_config.seq_len
             stages.append(Stage("pretrain", name, "base", None, root / "base" / "train", train=pre_config))
             base_model = root / "base" / "train" / "final"
+            for i, ref in enumerate(fam.references):
+                references[ref.name] = _base_config(spec, name, vocab_size, ref.model, f"references[{i}].model")
+                ref_config = dataclasses.replace(pre_config, model=str(root / ref.name / "init"),
+                                                 out=str(root / ref.name / "train"))
+                stages.append(Stage("pretrain", name, ref.name, None, root / ref.name / "train", train=ref_config))
         else:
             base_model = Path(fam.base.path)
         post = _budget({**spec.train, **fam.train}, f"families.{name}.train")
@@ -205,6 +220,7 @@ def make_plan(spec: CompareSpec, out: str | Path) -> Plan:
             raise StatexError(f"families.{name}.context: required for a checkpoint base (its training context, the "
                               "'base' evaluation length)")
         variants, expansions = {}, {}
+        own = {v.label: dict(v.train) for v in fam.variants}
         for v in fam.variants:
             if v.mode is None:
                 variants[v.label], expansions[v.label] = config, {}
@@ -223,13 +239,17 @@ def make_plan(spec: CompareSpec, out: str | Path) -> Plan:
                    if getattr(ev, t) is not None}
         if ev.ppl is not None:
             lengths["ppl"] = [{"base": context, "post": post_len}.get(ev.ppl.length, ev.ppl.length)]
-        families[name] = FamilyPlan(name, config, context, post_len, variants, expansions, lengths)
+        families[name] = FamilyPlan(name, config, context, post_len, variants, expansions, lengths, references)
         stages.append(Stage("eval", name, "base", None, root / "base" / "eval", model=base_model,
                             options={"lengths": lengths}))
+        for ref in references:
+            stages.append(Stage("eval", name, ref, None, root / ref / "eval", model=root / ref / "train" / "final",
+                                options={"lengths": lengths}))
         for seed in spec.seed_list:
             for v in fam.variants:
                 directory = root / v.label / f"seed{seed}"
-                train = _resolve(resolve_config, {**common, **post, **expansions[v.label], "model": str(base_model),
+                train = _resolve(resolve_config, {**common, **post, **own[v.label], **expansions[v.label],
+                                                  "model": str(base_model),
                                                   "seed": seed, "out": str(directory / "train")},
                                  f"families.{name}.train")
                 stages.append(Stage("train", name, v.label, seed, directory / "train", train=train))
@@ -258,7 +278,7 @@ def describe_plan(plan: Plan) -> list[str]:
     for fam in plan.families.values():
         lines.append(f"{fam.name}: base context {fam.context}, post-training context {fam.post_len}; evaluation "
                      + "; ".join(f"{t} at {', '.join(map(str, v))}" for t, v in fam.lengths.items()))
-        for label, config in {"base": fam.config, **fam.variants}.items():
+        for label, config in {"base": fam.config, **fam.references, **fam.variants}.items():
             info = describe_config(config)
             lines.append(f"  {label:<20} state {info['total_state_elements']:>14,}  params {info['total_params']:>15,}")
     total = 0

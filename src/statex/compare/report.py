@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from statex.compare.references import reference_lines, reference_summary, state_plot
 from statex.compare.verdicts import NEEDLE_TASKS, heldout_loss, mean_ci, mqar_cells, verdicts
 
 
@@ -99,7 +100,24 @@ def _needle_lines(records, family: str, variants: list[str]) -> list[str]:
     return lines
 
 
-def _family_section(records, family, plan, timings, plots) -> list[str]:
+def _trained_tokens(family: str, timings: dict[str, dict]) -> dict[str, int]:
+    """Model -> tokens trained in all: a from-scratch model its pretraining, a post-trained variant its base's
+    pretraining plus its own post-training (the mean over seeds)."""
+    found, post = {}, {}
+    for name, t in timings.items():
+        parts = name.split("/")
+        if parts[0] != family or parts[-1] != "train" or not t or not t.get("tokens"):
+            continue
+        if len(parts) == 3:
+            found[parts[1]] = t["tokens"]
+        else:
+            post.setdefault(parts[1], []).append(t["tokens"])
+    for variant, values in post.items():
+        found[variant] = found.get("base", 0) + round(sum(values) / len(values))
+    return found
+
+
+def _family_section(records, family, plan, timings, plots, extra=()) -> list[str]:
     variants = _variants(records, family)
     fam = plan.families.get(family) if plan is not None else None
     lines = [f"## {family}", ""]
@@ -129,7 +147,7 @@ def _family_section(records, family, plan, timings, plots) -> list[str]:
         speed = f"{round(sum(speeds) / len(speeds)):,}" if speeds else "-"
         train_min = _fmt(sum(t["seconds"] for t in train_rows) / 60 / len(train_rows), digits=1) if train_rows else "-"
         eval_min = _fmt(sum(t["seconds"] for t in eval_rows) / 60 / len(eval_rows), digits=1) if eval_rows else "-"
-        lines.append(f"| {v} | {'-' if v == 'base' else len(seeds)} | {int(state[0]) if state else 0:,} | "
+        lines.append(f"| {v} | {'-' if seeds <= {None} else len(seeds)} | {int(state[0]) if state else 0:,} | "
                      f"{int(params[0]) if params else 0:,} | {_fmt(*mean_ci(heldout_loss(records, family, v)), 4)} | "
                      f"{speed} | {train_min} | {eval_min} |")
     base = mqar_cells(records, family, "base")
@@ -143,6 +161,7 @@ def _family_section(records, family, plan, timings, plots) -> list[str]:
             row = [_fmt(*mean_ci(_values(records, family, v, "mqar", length=length, pairs=pairs))) for v in variants]
             mark = "*" if base[(length, pairs)] < threshold else ""
             lines.append(f"| {length} | {pairs}{mark} | " + " | ".join(row) + " |")
+    lines += list(extra)
     lines += _needle_lines(records, family, variants)
     for key, path in plots.items():
         lines += ["", f"![{family} {key}]({path.relative_to(plan.out if plan else path.parent)})"]
@@ -160,7 +179,8 @@ def write_report(out: Path, records: list[dict[str, Any]], plan, timings: dict[s
     write_atomic(out / "results.json", dumps_strict(records, indent=1) + "\n")
     rule = plan.spec.verdict
     post_lens = {name: fam.post_len for name, fam in plan.families.items()}
-    found = verdicts(records, rule, post_lens)
+    references = {name: list(fam.references) for name, fam in plan.families.items()}
+    found = verdicts(records, rule, post_lens, exclude=tuple(r for refs in references.values() for r in refs))
     seeds = plan.spec.seed_list
     needles = [t for t in NEEDLE_TASKS if any(v["needle_gain"].get(t) is not None for v in found)]
     lines = [f"# {plan.spec.name}", "", f"Command: `{command}`; {elapsed / 60:.1f} minutes in this invocation, on "
@@ -187,16 +207,25 @@ def write_report(out: Path, records: list[dict[str, Any]], plan, timings: dict[s
                      + f"{v['verdict']} |")
     lines.append("")
     plots: dict[str, dict[str, Path]] = {}
+    studies = {}
     for family in dict.fromkeys(r["family"] for r in records):
         plots[family] = {}
         capacity = capacity_plot(records, family, out)
         if capacity is not None:
             plots[family]["capacity"] = capacity
+        study = reference_summary(records, family, references.get(family, []), rule.capacity_threshold,
+                                  _trained_tokens(family, timings))
+        if study is not None:
+            studies[family] = study
+            state = state_plot(study, out)
+            if state is not None:
+                plots[family]["state"] = state
         means = _seed_means(records, family)
         if means:
             (out / family).mkdir(parents=True, exist_ok=True)
             plots[family].update(make_plots(means, out / family))
-        lines += _family_section(records, family, plan, timings, plots[family])
+        lines += _family_section(records, family, plan, timings, plots[family],
+                                 reference_lines(studies[family]) if family in studies else [])
     lines += ["## Stages", "", "| stage | minutes | tokens | tokens/s |", "|---|---|---|---|"]
     for name, t in timings.items():
         lines.append(f"| {name} | {t['seconds'] / 60:.2f} | {t.get('tokens', 0):,} | "
@@ -204,5 +233,5 @@ def write_report(out: Path, records: list[dict[str, Any]], plan, timings: dict[s
                      f"| {name} | {t['seconds'] / 60:.2f} | {t.get('tokens', 0):,} | - |")
     lines += ["", "## Spec (resolved)", "", "```json", json.dumps(plan.spec.to_dict(), indent=1), "```", ""]
     write_atomic(out / "report.md", "\n".join(lines) + "\n")
-    return {"records": records, "verdicts": found, "out": str(out),
+    return {"records": records, "verdicts": found, "out": str(out), "references": studies,
             "plots": {f: {k: str(p) for k, p in v.items()} for f, v in plots.items()}}

@@ -34,6 +34,8 @@ SPEC_FILE_LIMIT = 2**20
 # TrainConfig fields the comparison sets itself, per stage: a spec that names them would break the protocol
 ENGINE_TRAIN_FIELDS = ("model", "init", "out", "resume", "seed", "expand_layers", "mode", "heads", "factor",
                        "expand_seed", "tokenizer", "data", "device", "progress", "stop_at_step", "threads")
+# what a variant may set for itself: ablations of how it trains on the shared budget and data (state passing)
+VARIANT_TRAIN_FIELDS = ("state_passing",)
 # budget conveniences of the comparison, turned into TrainConfig fields per stage (they scale with the steps)
 BUDGET_EXTRAS = ("min_lr_ratio", "warmup_fraction", "checkpoints")
 
@@ -63,10 +65,21 @@ class VariantSpec:
     keep_attn_norm: bool = False
     keep_ssm_params: bool = False
     dt_init: str = "reset"
+    train: dict = field(default_factory=dict)  # VARIANT_TRAIN_FIELDS: how it trains, never its budget
 
     @property
     def label(self) -> str:
         return self.name or ("lpt" if self.mode is None else f"statex-{self.mode}")
+
+
+@dataclass
+class ReferenceSpec:
+    """A model trained from scratch beside a pretrained base, with the base's init and pretraining but the
+    ``model`` fields given here changed (e.g. {num_heads: 1} or {d_state: 64}: the same model with a larger state),
+    and evaluated on the same grid: what a larger state buys when trained from the start."""
+
+    name: str
+    model: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -75,6 +88,7 @@ class FamilySpec:
     context: int | None = None  # the base's training context; a pretrained base's is its seq_len
     variants: list = field(default_factory=lambda: ["lpt"])
     train: dict = field(default_factory=dict)
+    references: list = field(default_factory=list)  # ReferenceSpec mappings (a pretrained base only)
 
 
 @dataclass
@@ -234,6 +248,8 @@ def spec_from_dict(data: Any, root: str | Path | None = None) -> CompareSpec:
             fam = {**fam, "base": {"path": fam["base"]}}
         family = _build(FamilySpec, fam, f"families.{name}.")
         family.variants = [_variant(v, f"families.{name}.variants[{i}]") for i, v in enumerate(family.variants)]
+        family.references = [_build(ReferenceSpec, r, f"families.{name}.references[{i}].")
+                             for i, r in enumerate(family.references)]
         built[name] = family
     data["families"] = built
     spec = _build(CompareSpec, data, "")

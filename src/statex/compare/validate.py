@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 def validate_spec(spec: CompareSpec) -> CompareSpec:
     """Every error of a spec that its values alone reveal (the bases' configs are checked by the plan)."""
+    from statex.compare.spec import VARIANT_TRAIN_FIELDS
     from statex.expand import GLA_MODES, MAMBA2_MODES
 
     seeds = spec.seed_list
@@ -45,7 +46,22 @@ def validate_spec(spec: CompareSpec) -> CompareSpec:
             raise StatexError(f"{where}.variants: names must be distinct and not 'base' (got {', '.join(labels)})")
         if "lpt" not in labels:
             raise StatexError(f"{where}.variants: the comparison needs an lpt variant (the baseline)")
+        names = [r.name for r in fam.references]
+        for i, ref in enumerate(fam.references):
+            if base.model is None:
+                raise StatexError(f"{where}.references: from-scratch references need a base pretrained here "
+                                  "(base.model), whose init and pretraining they share")
+            if not ref.name or not all(c.isalnum() or c in "-_." for c in ref.name) or ref.name in labels \
+                    or ref.name == "base" or names.count(ref.name) > 1:
+                raise StatexError(f"{where}.references[{i}].name: {ref.name!r} must be a distinct name (letters, "
+                                  "digits, - _ .), not 'base' nor a variant's")
+            if "model_type" in ref.model or "vocab_size" in ref.model:
+                raise StatexError(f"{where}.references[{i}].model: model_type and vocab_size are the base's")
         for i, v in enumerate(fam.variants):
+            for key in v.train:
+                if key not in VARIANT_TRAIN_FIELDS:
+                    raise StatexError(f"{where}.variants[{i}].train.{key}: a variant may set only "
+                                      f"{', '.join(VARIANT_TRAIN_FIELDS)} (the budget is shared by every variant)")
             if v.mode is None:
                 if v.layers is not None:
                     raise StatexError(f"{where}.variants[{i}]: layers without a StateX mode")

@@ -60,9 +60,10 @@ def _needle_mean(records, family, variant, task, seed, beyond: int) -> float | N
 
 
 def verdicts(records: list[dict[str, Any]], rule, post_lens: dict[str, int] | None = None,
-             baseline: str = "lpt") -> list[dict[str, Any]]:
+             baseline: str = "lpt", exclude: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """One verdict per (family, variant other than the baseline), by the rule in this module's docstring.
-    ``rule``: a ``VerdictSpec``; ``post_lens``: family -> post-training context (for the needle gains)."""
+    ``rule``: a ``VerdictSpec``; ``post_lens``: family -> post-training context (for the needle gains);
+    ``exclude``: models that are not post-trained variants (the from-scratch references)."""
     found = []
     for family in dict.fromkeys(r["family"] for r in records):
         variants = list(dict.fromkeys(r["variant"] for r in records if r["family"] == family))
@@ -70,7 +71,7 @@ def verdicts(records: list[dict[str, Any]], rule, post_lens: dict[str, int] | No
             continue
         base = mqar_cells(records, family, "base")
         past = sorted(cell for cell, accuracy in base.items() if accuracy < rule.capacity_threshold)
-        for variant in (v for v in variants if v not in ("base", baseline)):
+        for variant in (v for v in variants if v not in ("base", baseline, *exclude)):
             diffs, cells_better, cells_total, loss_v, loss_b, needles = [], 0, 0, [], [], {}
             for seed in seeds_of(records, family, variant):
                 mine, theirs = mqar_cells(records, family, variant, seed), mqar_cells(records, family, baseline, seed)

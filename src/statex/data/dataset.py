@@ -212,6 +212,15 @@ def parse_synthetic(spec: str | list | None) -> list[SyntheticSource]:
     return sources
 
 
+def mean_sequence_length(seq_len: int, sources: list[SyntheticSource], text_weight: float | None = None) -> float:
+    """The expected length of a training sequence: the sources' lengths weighted by their sampling weights
+    (``text_weight``: the text's weight, None without text)."""
+    entries = ([(seq_len, text_weight)] if text_weight is not None else []) + [
+        (s.seq_len or seq_len, s.weight) for s in sources]
+    total = sum(w for _, w in entries)
+    return sum(length * w for length, w in entries) / total if total > 0 else float(seq_len)
+
+
 def check_synthetic(sources: list[SyntheticSource], tokenizer, seq_len: int) -> None:
     """Errors of a synthetic mixture that only the tokenizer reveals, raised before any training: an MQAR
     source's largest pair count (as many as fit ``seq_len``) needs that many distinct keys; each kind needs room
@@ -243,4 +252,4 @@ def load_packed(cache_path, seq_len: int, heldout_sequences: int) -> PackedData:
 
 
 __all__ = ["IGNORE", "PackedData", "SyntheticSource", "TrainStream", "check_synthetic", "load_packed",
-           "parse_synthetic"]
+           "mean_sequence_length", "parse_synthetic"]
