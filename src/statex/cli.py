@@ -128,10 +128,13 @@ _TRAIN_HELP = {
     "init": "config.json (or its directory) of a fresh model to pretrain",
     "data": ".jsonl / .txt files or directories, comma-separated",
     "text_field": "JSONL field holding the text (default text)",
-    "tokenizer": "'bytes' or a tokenizer.json path (default bytes)",
+    "tokenizer": "'bytes', 'ids:N' (N text-less ids, synthetic data only) or a tokenizer.json path (default "
+                 "bytes)",
     "cache_dir": "where the pre-tokenised cache goes (default OUT/token-cache); share it between runs",
     "synthetic": "synthetic sources mixed in by weight, e.g. mqar:0.3,passkey:0.1",
     "text_weight": "weight of the text data in the mixture (default 1)",
+    "text_loss_weight": "weight of the text's tokens in the loss (default 1; synthetic sources: loss_weight)",
+    "state_passing": "probability that a micro-batch starts from the previous one's final state (default 0)",
     "loss_average": "tokens (mean over labelled tokens) | sequences (each sequence counts equally: use it when "
                     "mixing synthetic sequences that label only their answers)",
     "heldout_sequences": "sequences held out of training for the held-out loss (default 16)",

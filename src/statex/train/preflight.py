@@ -31,6 +31,9 @@ def check_request(config: TrainConfig, tokenizer, existing: list[Path], device=N
         raise StatexError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary has "
                           f"{model_config.vocab_size}: wrong tokenizer for this model")
     if config.data is not None:
+        if str(config.tokenizer).startswith("ids:"):
+            raise StatexError(f"--tokenizer {config.tokenizer} has no text: it serves --synthetic data only (use "
+                              "'bytes' or a tokenizer.json with --data)")
         corpus_files(config.data)
     check_synthetic(parse_synthetic(config.synthetic), tokenizer, config.seq_len)
     check_memory(config, model_config, device)
