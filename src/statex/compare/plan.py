@@ -271,6 +271,7 @@ def _resolve(resolve_config, values: dict[str, Any], where: str):
 
 def describe_plan(plan: Plan) -> list[str]:
     """The plan as text: each family's state and parameters per variant, and every stage with its tokens."""
+    from statex.data.dataset import parse_synthetic
     from statex.summary import describe_config
 
     lines = [f"{plan.spec.name}: {len(plan.stages)} stages on {plan.device}, seeds {plan.spec.seed_list}, "
@@ -284,8 +285,12 @@ def describe_plan(plan: Plan) -> list[str]:
     total = 0
     for stage in plan.stages:
         total += stage.tokens
-        what = f"{stage.tokens:,} tokens ({stage.train.steps} steps x {stage.train.batch_size} x " \
-               f"{stage.train.seq_len})" if stage.train is not None else f"evaluate {stage.model}"
+        what = f"evaluate {stage.model}"
+        if stage.train is not None:
+            t = stage.train
+            lengths = {s.seq_len or t.seq_len for s in parse_synthetic(t.synthetic)} | ({t.seq_len} if t.data else set())
+            shape = f"{t.seq_len}" if len(lengths) <= 1 else f"{min(lengths)}-{max(lengths)}, expected"
+            what = f"{stage.tokens:,} tokens ({t.steps} steps x {t.batch_size} x {shape})"
         lines.append(f"  {stage.name:<40} {what}")
     lines.append(f"training tokens in all: {total:,}")
     return lines

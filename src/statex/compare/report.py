@@ -124,6 +124,7 @@ def _family_section(records, family, plan, timings, plots, extra=()) -> list[str
     if fam is not None:
         train = next((s.train for s in plan.stages if s.family == family and s.kind == "train"), None)
         base = plan.spec.families[family].base
+        own = {v.label: v.train for v in plan.spec.families[family].variants}
         origin = f"`{base.path}`" if base.path else f"pretrained here ({plan.spec.families[family].base.model})"
         lines += [f"Base: {origin}, context {fam.context}. "
                   + (f"Post-training (every variant alike): {train.steps} steps of {train.batch_size} x "
@@ -133,6 +134,7 @@ def _family_section(records, family, plan, timings, plots, extra=()) -> list[str
                       f"{label} " + (", ".join(f"{k} {v}" for k, v in exp.items() if k in (
                           "mode", "expand_layers", "heads" if fam.config.family == "gla" else "factor"))
                                      if exp else "(the base's shapes)")
+                      + "".join(f", {k} {v}" for k, v in own.get(label, {}).items())
                       for label, exp in fam.expansions.items()) + ".", ""]
     lines += ["| variant | seeds | state elements | parameters | held-out loss | train tokens/s | train min | eval min |",
               "|---|---|---|---|---|---|---|---|"]
