@@ -21,9 +21,10 @@ class ByteTokenizer:
 
     name = "bytes"
     eos_token_id = 256
+    bos_token_id = None
     vocab_size = 257
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         return list(text.encode("utf-8"))
 
     def decode(self, ids: list[int]) -> str:
@@ -42,6 +43,7 @@ class IdTokenizer:
     of document and cannot encode text: tasks that need text (corpora, passkey, perplexity) are refused."""
 
     eos_token_id = None
+    bos_token_id = None
 
     def __init__(self, vocab_size: int):
         if not 2 <= vocab_size <= MAX_VOCAB:
@@ -49,7 +51,7 @@ class IdTokenizer:
         self.vocab_size = vocab_size
         self.name = f"ids:{vocab_size}"
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         raise StatexError(f"tokenizer {self.name} has no text: it serves synthetic tasks only (use 'bytes' or a "
                           "tokenizer.json for text)")
 
@@ -82,15 +84,24 @@ class HFTokenizer:
         self.name = str(path)
         self._fingerprint = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
-        self.eos_token_id = None
-        for candidate in ("</s>", "<|endoftext|>", "<eos>", "<|eos|>", "[EOS]"):
-            token_id = self._tok.token_to_id(candidate)
-            if token_id is not None:
-                self.eos_token_id = token_id
-                break
+        named = _special_tokens(path.parent)
+        self.eos_token_id = self._first_id([named["eos_token"]] if "eos_token" in named else
+                                           ["</s>", "<|endoftext|>", "<eos>", "<|eos|>", "[EOS]"])
+        # a BOS only where the tokenizer's files name one (as transformers reads them): a bare tokenizer.json
+        # keeps statex's behaviour of no BOS
+        self.bos_token_id = self._first_id([named["bos_token"]]) if "bos_token" in named else None
 
-    def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
+    def _first_id(self, candidates) -> int | None:
+        for candidate in candidates:
+            token_id = self._tok.token_to_id(candidate) if candidate else None
+            if token_id is not None:
+                return token_id
+        return None
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """The ids of ``text``; ``add_special_tokens`` applies the tokenizer's post-processor (e.g. a leading
+        BOS), as transformers' tokenizers do by default."""
+        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=False)
@@ -101,6 +112,30 @@ class HFTokenizer:
     @property
     def fingerprint(self) -> str:
         return self._fingerprint
+
+
+SPECIAL_TOKEN_FILES = ("special_tokens_map.json", "tokenizer_config.json")
+
+
+def _special_tokens(directory: Path) -> dict[str, str]:
+    """{bos_token, eos_token}: the names transformers would read from the tokenizer's config files beside it."""
+    import json
+
+    found: dict[str, str] = {}
+    for name in SPECIAL_TOKEN_FILES:  # tokenizer_config.json wins, as in transformers
+        try:
+            data = json.loads((directory / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(data, dict):
+            continue
+        for key in ("bos_token", "eos_token"):
+            value = data.get(key)
+            if isinstance(value, dict):
+                value = value.get("content")
+            if isinstance(value, str):
+                found[key] = value
+    return found
 
 
 def is_builtin(spec) -> bool:

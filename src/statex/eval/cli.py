@@ -49,7 +49,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
     longest = max(options["lengths"] or options["mqar_lengths"] or [2048])
     prepare_kernels(args.autotune, device, configs, batch=args.batch_size, seq_len=min(longest, args.prefill_chunk),
                      decode=any(t in ("passkey", "niah", "recall", "icl") for t in tasks) or bool(args.lm_eval))
-    records = []
+    records, samples = [], {}
     if tasks:
         records = evaluate(models, tasks, tokenizer, seed=args.seed, n=args.n, batch_size=args.batch_size,
                            prefill_chunk=args.prefill_chunk, **options)
@@ -59,12 +59,18 @@ def run_eval_command(args: argparse.Namespace) -> int:
         except ImportError as exc:
             raise statex.StatexError(str(exc)) from None
         for name, model in models.items():
+            found = samples.setdefault(name, {}) if args.lm_eval_log_samples else None
             records += run_lm_eval(model, name, tokenizer, args.lm_eval.split(","), limit=args.lm_eval_limit,
-                                   include_path=args.lm_eval_include)
+                                   include_path=args.lm_eval_include, batch_size=args.batch_size, samples=found)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_directory(out)  # the whole report is written before it replaces an older one
     try:
         written = write_report(records, tmp, plots=not args.no_plots)
+        if samples:
+            from statex.eval.lm_eval_adapter import write_samples
+
+            for name, found in samples.items():
+                write_samples(found, tmp / "samples", name)
         replace_directory(tmp, out)
     finally:
         remove_path(tmp)
@@ -102,6 +108,8 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--lm-eval", help="lm-evaluation-harness tasks, e.g. piqa,hellaswag (needs statex[eval])")
     p.add_argument("--lm-eval-limit", type=int, help="examples per lm-eval task")
     p.add_argument("--lm-eval-include", help="directory of extra lm-eval task YAMLs")
+    p.add_argument("--lm-eval-log-samples", action="store_true",
+                   help="also write lm-eval's per-item records to OUT/samples/<model>_<task>.jsonl")
     p.add_argument("--out", default="out/eval")
     p.add_argument("--force", action="store_true", help="replace --out if it exists (atomically, once the new "
                                                         "report is complete)")
