@@ -15,7 +15,7 @@ right-padded, which changes nothing in a causal model's scores.
 
 model_args: ``pretrained`` (or ``path``; a statex, fla-hub or transformers model directory), ``tokenizer`` (default
 the model directory's tokenizer.json, else the byte tokenizer), ``batch_size``, ``device`` (default CUDA when
-available, else the CPU), ``dtype`` (float32, bfloat16, float16 or auto: the weights as stored), ``max_length``,
+available, else the CPU, also when CUDA is asked for but absent, as that backend does), ``dtype`` (float32, bfloat16, float16 or auto: the weights as stored), ``max_length``,
 ``add_bos_token``, ``prefix_token_id``, ``prefill_chunk``. Any other argument is refused. lm_eval's own
 ``lm_eval`` console script only knows the models it imports itself, so ``--model statex`` works through
 ``statex-lm-eval`` or from Python after ``import statex.eval.lm_eval_adapter``. Nothing is downloaded.
@@ -61,7 +61,11 @@ class StatexLM(TemplateLM):
         if device in (None, "", "auto"):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         elif str(device).startswith("cuda") and not torch.cuda.is_available():
-            raise StatexError(f"lm-eval device {device}: no CUDA device is available (use device=cpu)")
+            # lm_eval's command line asks for cuda:0 unless told otherwise; its HF backend then runs on the CPU
+            import warnings
+
+            warnings.warn(f"lm-eval device {device}: no CUDA device is available; running on the CPU", stacklevel=2)
+            device = "cpu"
         if model is None:
             from statex import load_model
 
@@ -252,10 +256,16 @@ def write_samples(samples: dict[str, list], out: Path, model_name: str) -> None:
 
 
 def main() -> None:
-    """lm_eval's command line with the ``statex`` model registered."""
+    """lm_eval's command line with the ``statex`` model registered; a statex error is one line and exit 2."""
+    import sys
+
     from lm_eval.__main__ import cli_evaluate
 
-    cli_evaluate()
+    try:
+        cli_evaluate()
+    except StatexError as exc:
+        print(f"statex-lm-eval: error: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
