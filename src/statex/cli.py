@@ -79,6 +79,18 @@ def _cmd_expand(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from statex.io.export import export_config, export_model
+    from statex.outputs import check_output
+
+    out = check_output(args.out, flag="OUT", inputs=[args.model], force=args.force)
+    export_config(statex.load_config(args.model)[0], args.to)  # refused before any weights are read
+    export_model(args.model, out, args.to)
+    loader = {"transformers": "transformers.Mamba2ForCausalLM", "fla": "fla.models.GLAForCausalLM"}[args.to]
+    print(f"wrote {out}: {loader}.from_pretrained({str(out)!r}) loads it")
+    return 0
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
@@ -248,6 +260,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dtype of the written weights (auto: as stored in SRC)")
     p.add_argument("--force", action="store_true", help="replace DST if it exists")
     p.set_defaults(func=_cmd_expand)
+
+    p = sub.add_parser("export", help="write a model in transformers' (Mamba2) or fla's (GLA) format",
+                       description="Export a model whose layers are all alike to the format of transformers' "
+                                   "Mamba2ForCausalLM or fla's GLAForCausalLM (docs/interop.md). A StateX model "
+                                   "with expanded layers cannot be described there and is refused.")
+    p.add_argument("model", help="model directory (any format statex loads)")
+    p.add_argument("out", help="output directory")
+    p.add_argument("--to", required=True, choices=["transformers", "fla"])
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("generate", help="generate text from a model")
     p.add_argument("model", help="model directory (statex, fla GLA, mamba_ssm or HF Mamba2)")
