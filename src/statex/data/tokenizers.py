@@ -201,4 +201,25 @@ def train_bpe_tokenizer(files, vocab_size: int, out: str | Path, min_frequency: 
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
+    write_special_token_files(out.parent, eos=eod_token)
     return out
+
+
+def write_special_token_files(directory: Path, eos: str, bos: str | None = None) -> list[Path]:
+    """tokenizer_config.json and special_tokens_map.json for a tokenizer.json in ``directory``, so that
+    transformers' ``AutoTokenizer`` / ``PreTrainedTokenizerFast`` load it with its EOS (and BOS). A file already
+    there is kept as it is (it may be the user's). Returns the files written."""
+    import json
+
+    from statex.files import write_atomic
+
+    special = {"eos_token": eos, **({"bos_token": bos} if bos else {})}
+    contents = {"tokenizer_config.json": {"tokenizer_class": "PreTrainedTokenizerFast",
+                                          "clean_up_tokenization_spaces": False, **special},
+                "special_tokens_map.json": special}
+    written = []
+    for name, data in contents.items():
+        if not (directory / name).exists():
+            write_atomic(directory / name, json.dumps(data, indent=2) + "\n")
+            written.append(directory / name)
+    return written

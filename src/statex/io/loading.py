@@ -58,11 +58,18 @@ def load_config(path: str | Path) -> tuple[ModelConfig, str]:
                           f"{str(exc)[:120]})") from None
 
 
+DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+               "float64": torch.float64}
+
+
 def load_model(path: str | Path, dtype: torch.dtype | str | None = torch.float32,
-               device: str | torch.device = "cpu"):
+               device: str | torch.device = "cpu", *, torch_dtype: torch.dtype | str | None = None,
+               device_map: str | torch.device | None = None):
     """Load a statex, fla-hub GLA, mamba_ssm Mamba2 or HF Mamba2 directory.
 
-    ``dtype``: floating parameters are cast to it (default fp32; ``None`` or ``"auto"`` keeps the stored dtype).
+    ``dtype`` (or transformers' ``torch_dtype``): floating parameters are cast to it, a torch dtype or its name
+    (default fp32; ``None`` or ``"auto"`` keeps the stored dtype). ``device`` (or ``device_map`` naming one
+    device; ``"auto"``: CUDA when available) is where the model goes.
     Missing or unexpected weights and shape mismatches raise ``CheckpointError`` naming the key, before any
     tensor data is read. Every parameter owns its memory (read tensor by tensor and copied out of the file),
     so the model computes the same bits as the one that was saved, on any machine.
@@ -70,6 +77,8 @@ def load_model(path: str | Path, dtype: torch.dtype | str | None = torch.float32
     from statex.models import build_model
     from statex.models.lm import require_model_memory
 
+    dtype, device = _resolve_placement(dtype if torch_dtype is None else torch_dtype,
+                                       device if device_map is None else device_map)
     config, fmt = load_config(path)
     require_model_memory(config, dtype if isinstance(dtype, torch.dtype) else torch.float32, device)
     directory = _config_path(path).parent
@@ -85,6 +94,22 @@ def load_model(path: str | Path, dtype: torch.dtype | str | None = torch.float32
         raise CheckpointError(f"{weights}: missing weight {leftover[0]!r}")
     model.source_format = fmt
     return model.to(device).eval()
+
+
+def _resolve_placement(dtype, device) -> tuple[torch.dtype | str | None, str | torch.device]:
+    """(dtype, device) from the forms transformers users pass; anything else refused with one line."""
+    from statex.errors import StatexError
+
+    if isinstance(dtype, str) and dtype != "auto":
+        if dtype.removeprefix("torch.") not in DTYPE_NAMES:
+            raise StatexError(f"dtype {dtype!r}: choose one of {', '.join(DTYPE_NAMES)} or auto")
+        dtype = DTYPE_NAMES[dtype.removeprefix("torch.")]
+    if isinstance(device, dict):
+        raise StatexError("device_map: statex places the whole model on one device; give a device name "
+                          "(cpu, cuda, cuda:1) or auto")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return dtype, device
 
 
 def check_weights(path: str | Path) -> None:

@@ -117,12 +117,16 @@ def generate(
     pad_token_id: int | None = None,
     prefill_chunk: int = 4096,
     cuda_graph: bool | None = None,
+    attention_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Returns [B, T + n] = prompt followed by the generated tokens (n <= max_new_tokens).
 
     ``cuda_graph=True`` (CUDA models) captures the decoding step once in a CUDA graph and replays it for every
     token (``StepRunner``); the tokens are the same as without it, and the state is held twice (the graph's
     buffers). ``None`` (default) decides by ``graph_by_default``; ``False`` always steps eagerly.
+
+    ``attention_mask`` (1 a token, 0 padding) takes a batch of prompts padded on the left: each row generates what
+    it would alone.
 
     Generation ends for a row when it emits one of ``stop_tokens`` (the stop token is kept); later
     positions of finished rows are filled with ``pad_token_id`` (default: the row's stop token), and the
@@ -141,7 +145,9 @@ def generate(
         generator = torch.Generator(device=input_ids.device).manual_seed(seed)
     stops = torch.tensor(sorted(set(stop_tokens or [])), dtype=torch.long, device=input_ids.device)
 
-    logits, state = model.prefill(input_ids, chunk_tokens=prefill_chunk)
+    if attention_mask is not None and not bool(attention_mask[:, -1].bool().all()):
+        raise ValueError("generate: pad prompts on the left (every row's last position must be a token)")
+    logits, state = model.prefill(input_ids, chunk_tokens=prefill_chunk, attention_mask=attention_mask)
     if cuda_graph is None:
         cuda_graph = graph_by_default(input_ids.is_cuda, max_new_tokens)
     runner = StepRunner(model, state, graph=True) if cuda_graph and max_new_tokens > 1 else None

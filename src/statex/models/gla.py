@@ -61,11 +61,16 @@ class GLAMixer(nn.Module):
         return GLAState(recurrent, conv)
 
     def forward(
-        self, x: torch.Tensor, state: GLAState | None = None, chunk_size: int = 32
+        self, x: torch.Tensor, state: GLAState | None = None, chunk_size: int = 32, mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, GLAState]:
-        """x: [B, T, d_model] -> (out [B, T, d_model], state after the last token)."""
+        """x: [B, T, d_model] -> (out [B, T, d_model], state after the last token). ``mask`` [B, T] (1: a token,
+        0: left padding): padded positions add nothing to the state and reach the convolutions as zeros, so a
+        left-padded row computes what the unpadded row computes."""
         batch, length, _ = x.shape
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if mask is not None:
+            keep = mask.to(q.dtype).unsqueeze(-1)
+            q, k, v = q * keep, k * keep, v * keep
         conv_state = None
         if self.spec.use_short_conv:
             old = state.conv if state is not None and state.conv is not None else (None, None, None)
@@ -76,6 +81,9 @@ class GLAMixer(nn.Module):
         gk = F.logsigmoid(self.gk_proj(x).float()) / self.spec.gate_logit_normalizer
         if self.spec.clamp_min is not None:
             gk = gk.clamp_min(self.spec.clamp_min)
+        if mask is not None:  # no key (nothing written) and no decay at a padded position
+            k = k * keep
+            gk = gk * mask.to(gk.dtype).unsqueeze(-1)
 
         heads = self.num_heads
         q = q.view(batch, length, heads, self.head_k_dim)
@@ -118,8 +126,9 @@ class GLABlock(nn.Module):
     def empty_state(self, batch: int, device=None, dtype=None) -> GLAState:
         return self.attn.empty_state(batch, device, dtype)
 
-    def forward(self, x: torch.Tensor, state: GLAState | None = None) -> tuple[torch.Tensor, GLAState]:
-        mixed, state = self.attn(self.attn_norm(x), state)
+    def forward(self, x: torch.Tensor, state: GLAState | None = None,
+                mask: torch.Tensor | None = None) -> tuple[torch.Tensor, GLAState]:
+        mixed, state = self.attn(self.attn_norm(x), state, mask=mask)
         x = x + mixed
         x = x + self.mlp(self.mlp_norm(x))
         return x, state

@@ -65,6 +65,23 @@ class CausalLMOutput:
     state: RecurrentState | None = None
 
 
+def _left_padding_mask(attention_mask: torch.Tensor | None, input_ids: torch.Tensor) -> torch.Tensor | None:
+    """The mask as the blocks take it (None when nothing is padded). Only left padding can be honoured exactly by a
+    recurrent model; right padding needs no mask (a causal model's real positions never see it)."""
+    if attention_mask is None:
+        return None
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids {tuple(input_ids.shape)}")
+    mask = attention_mask.to(torch.bool)
+    if bool(mask.all()):
+        return None
+    if bool((mask[:, 1:] < mask[:, :-1]).any()):
+        if bool((mask[:, :-1] < mask[:, 1:]).any()):
+            raise ValueError("attention_mask: only left padding (0s before the tokens) or right padding is supported")
+        return None  # right padding: the real positions never see it
+    return mask
+
+
 class CausalLM(nn.Module):
     """Shared forward, loss, state and generation logic; subclasses name the modules as their source library."""
 
@@ -107,18 +124,22 @@ class CausalLM(nn.Module):
         use_cache: bool = False,
         labels: torch.Tensor | None = None,
         last_logits_only: bool = False,
+        attention_mask: torch.Tensor | None = None,
     ) -> CausalLMOutput:
-        """input_ids [B, T]; labels [B, T] gives the shifted next-token loss (-100 = ignore)."""
+        """input_ids [B, T]; labels [B, T] gives the shifted next-token loss (-100 = ignore). ``attention_mask``
+        [B, T] (transformers' meaning: 1 a token, 0 padding) takes left padding: a padded position changes no
+        state, so each row computes what it computes unpadded (its padded positions' logits mean nothing)."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, time], got shape {tuple(input_ids.shape)}")
+        mask = _left_padding_mask(attention_mask, input_ids)
         x = self.embed_tokens(input_ids)
         layer_states = state.layers if state is not None else [None] * len(self.blocks)
         new_states = []
         for block, layer_state in zip(self.blocks, layer_states):
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x, layer_state = checkpoint(block, x, layer_state, use_reentrant=False)
+                x, layer_state = checkpoint(block, x, layer_state, mask, use_reentrant=False)
             else:
-                x, layer_state = block(x, layer_state)
+                x, layer_state = block(x, layer_state, mask)
             new_states.append(layer_state)
         x = self.final_norm(x)
         if last_logits_only:
@@ -135,13 +156,15 @@ class CausalLM(nn.Module):
 
     @torch.no_grad()
     def prefill(self, input_ids: torch.Tensor, state: RecurrentState | None = None,
-                chunk_tokens: int = 4096) -> tuple[torch.Tensor, RecurrentState]:
+                chunk_tokens: int = 4096, attention_mask: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, RecurrentState]:
         """Run a long prompt in pieces of ``chunk_tokens`` carrying the state; memory stays flat in length.
-        Returns (logits of the last position [B, vocab], state)."""
+        ``attention_mask``: left padding (see ``forward``). Returns (logits of the last position [B, vocab], state)."""
         logits = None
         for start in range(0, input_ids.shape[1], chunk_tokens):
+            piece = None if attention_mask is None else attention_mask[:, start:start + chunk_tokens]
             out = self(input_ids[:, start:start + chunk_tokens], state=state, use_cache=True,
-                       last_logits_only=True)
+                       last_logits_only=True, attention_mask=piece)
             logits, state = out.logits[:, -1], out.state
         if logits is None:
             raise ValueError("prefill needs at least one token")
@@ -152,6 +175,19 @@ class CausalLM(nn.Module):
         from statex.models.generation import generate
 
         return generate(self, input_ids, max_new_tokens=max_new_tokens, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **kwargs: Any) -> "CausalLM":
+        """transformers' name for ``statex.load_model(path, **kwargs)`` (``torch_dtype``, ``dtype``, ``device``,
+        ``device_map``); called on GLAForCausalLM or Mamba2ForCausalLM, the checkpoint must hold that family."""
+        from statex.io.loading import load_model
+
+        model = load_model(path, **kwargs)
+        if cls is not CausalLM and not isinstance(model, cls):
+            from statex.errors import StatexError
+
+            raise StatexError(f"{path}: holds a {model.config.family} model, not a {cls.__name__}")
+        return model
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write the project format (config.json + model.safetensors) atomically."""

@@ -64,7 +64,8 @@ class Mamba2Mixer(nn.Module):
         return Mamba2State(ssm, self.conv1d.empty_state(batch, device, dtype))
 
     def forward(
-        self, u: torch.Tensor, state: Mamba2State | None = None, chunk_size: int | None = None
+        self, u: torch.Tensor, state: Mamba2State | None = None, chunk_size: int | None = None,
+        mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, Mamba2State]:
         """u: [B, T, d_model] -> (out [B, T, d_model], state after the last token). ``chunk_size``: the torch
         path's chunk (the GPU kernels choose their own); by default 32 for d_state below 64, else 64: the in-chunk
@@ -77,6 +78,8 @@ class Mamba2Mixer(nn.Module):
         batch, length, _ = u.shape
         d_inner, gn = spec.d_inner, spec.ngroups * spec.d_state
         z, xBC, dt = self.in_proj(u).split([d_inner, d_inner + 2 * gn, spec.nheads], dim=-1)
+        if mask is not None:  # left padding: zeros into the convolution, and dt = 0 (no state update) below
+            xBC = xBC * mask.to(xBC.dtype).unsqueeze(-1)
         xBC, conv_state = self.conv1d(xBC, state.conv if state is not None else None)
         x, B, C = xBC.split([d_inner, gn, gn], dim=-1)
 
@@ -84,6 +87,8 @@ class Mamba2Mixer(nn.Module):
         dt = F.softplus(dt.to(work) + self.dt_bias.to(work))  # [B, T, nheads]
         if spec.dt_limit != (0.0, math.inf):
             dt = dt.clamp(*spec.dt_limit)
+        if mask is not None:
+            dt = dt * mask.to(dt.dtype).unsqueeze(-1)
         A = -torch.exp(self.A_log.to(work))
 
         x = x.view(batch, length, spec.nheads, spec.headdim)
@@ -110,9 +115,10 @@ class Mamba2Block(nn.Module):
     def empty_state(self, batch: int, device=None, dtype=None) -> Mamba2State:
         return self.mixer.empty_state(batch, device, dtype)
 
-    def forward(self, x: torch.Tensor, state: Mamba2State | None = None) -> tuple[torch.Tensor, Mamba2State]:
+    def forward(self, x: torch.Tensor, state: Mamba2State | None = None,
+                mask: torch.Tensor | None = None) -> tuple[torch.Tensor, Mamba2State]:
         residual = x.float() if self.residual_in_fp32 and x.dtype in (torch.float16, torch.bfloat16) else x
-        mixed, state = self.mixer(self.norm(x), state)
+        mixed, state = self.mixer(self.norm(x), state, mask=mask)
         return residual + mixed.to(residual.dtype), state
 
     @torch.no_grad()
