@@ -2,7 +2,8 @@
 
 Public API (the CLI uses only these):
 - configs: ``ModelConfig``, ``GLASpec``, ``Mamba2Spec``, ``gla_config``, ``mamba2_config``
-- models: ``build_model``, ``load_model``, ``load_config``, ``CausalLM`` (``.generate``, ``.save_pretrained``)
+- models: ``build_model``, ``load_model``, ``load_config``, ``CausalLM``, ``GLAForCausalLM``, ``Mamba2ForCausalLM``
+  (``.from_pretrained``, ``.generate``, ``.save_pretrained``)
 - reports: ``describe_model`` (per-layer shapes, state sizes, parameter counts)
 """
 from statex.config import GLASpec, Mamba2Spec, ModelConfig, gla_config, mamba2_config
@@ -17,7 +18,7 @@ from statex.summary import (
 )
 from statex.data import load_tokenizer, train_bpe_tokenizer
 from statex.io import load_config, load_model, save_model
-from statex.models import CausalLM, CausalLMOutput, RecurrentState, build_model
+from statex.models import CausalLM, CausalLMOutput, GLAForCausalLM, Mamba2ForCausalLM, RecurrentState, build_model
 from statex.train import TrainConfig, TrainingInterrupted, TrainingStopped, train
 
 __version__ = "0.1.0"
@@ -25,6 +26,8 @@ __version__ = "0.1.0"
 __all__ = [
     "CausalLM",
     "CausalLMOutput",
+    "GLAForCausalLM",
+    "Mamba2ForCausalLM",
     "CheckpointError",
     "ConfigError",
     "GLASpec",

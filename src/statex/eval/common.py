@@ -89,7 +89,8 @@ def greedy_generate(ctx: EvalContext, prompts: list[list[int]], max_new_tokens: 
         for start in range(0, len(indices), ctx.batch_size):
             group = indices[start:start + ctx.batch_size]
             ids = torch.tensor([prompts[i] for i in group], device=device)
-            generated = ctx.model.generate(ids, max_new_tokens=max_new_tokens, prefill_chunk=ctx.prefill_chunk)
+            generated = ctx.model.generate(ids, max_new_tokens=max_new_tokens, prefill_chunk=ctx.prefill_chunk,
+                                           stop_tokens=())  # always max_new_tokens: the scorers cut the text
             for row, index in enumerate(group):
                 outputs[index] = ctx.tokenizer.decode(generated[row, ids.shape[1]:].tolist())
             if on_done:

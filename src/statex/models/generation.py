@@ -2,6 +2,8 @@
 CUDA graph)."""
 from __future__ import annotations
 
+import inspect
+
 from typing import TYPE_CHECKING, Iterable
 
 import torch
@@ -15,6 +17,49 @@ class NonFiniteLogits(StatexError):
 
 if TYPE_CHECKING:
     from statex.models.lm import CausalLM, RecurrentState
+
+
+HF_IGNORED = {"use_cache": None, "output_attentions": False, "output_hidden_states": False,
+              "return_dict_in_generate": False, "output_scores": False, "num_beams": 1, "num_return_sequences": 1}
+
+
+def hf_generate_kwargs(config, input_ids: torch.Tensor, kwargs: dict) -> dict:
+    """transformers' generate keywords as ``generate``'s: ``do_sample`` (False: greedy whatever the temperature;
+    True: temperature default 1), ``eos_token_id`` (an id or a list: the stop tokens; by default the config's EOS),
+    ``max_length`` (prompt plus new tokens; ``max_new_tokens`` wins), ``min_new_tokens``, ``repetition_penalty``,
+    ``pad_token_id``, ``attention_mask``, ``token_type_ids`` (all zeros, dropped). Anything transformers would do
+    differently (beams, several sequences per prompt, score outputs) raises one line."""
+    kwargs = dict(kwargs)
+    for name, default in HF_IGNORED.items():
+        if name in kwargs:
+            value = kwargs.pop(name)
+            if default is not None and value != default:
+                raise ValueError(f"generate: {name}={value!r} is not supported (statex generates one sequence per "
+                                 "prompt, greedy or sampled, and returns the token ids)")
+    types = kwargs.pop("token_type_ids", None)
+    if types is not None and bool(types.any()):
+        raise ValueError("generate: token_type_ids must be all zeros (these models have one segment)")
+    sample = kwargs.pop("do_sample", None)
+    if sample is False:
+        for name in ("temperature", "top_k", "top_p"):
+            kwargs.pop(name, None)
+    elif sample is True:
+        kwargs.setdefault("temperature", 1.0)
+        if not kwargs["temperature"] > 0:
+            raise ValueError("generate: do_sample=True needs temperature > 0")
+    eos = kwargs.pop("eos_token_id", None)
+    if "stop_tokens" not in kwargs:
+        eos = config.eos_token_id if eos is None else eos
+        kwargs["stop_tokens"] = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    max_length = kwargs.pop("max_length", None)
+    if kwargs.get("max_new_tokens") is None:
+        kwargs["max_new_tokens"] = 32 if max_length is None else max_length - input_ids.shape[-1]
+    known = set(inspect.signature(generate).parameters) - {"model", "input_ids"}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise ValueError(f"generate: unknown argument(s) {', '.join(unknown)} (accepted: {', '.join(sorted(known))}, "
+                         "and transformers' do_sample, eos_token_id, max_length, token_type_ids)")
+    return kwargs
 
 
 def sample_next_token(
@@ -118,6 +163,8 @@ def generate(
     prefill_chunk: int = 4096,
     cuda_graph: bool | None = None,
     attention_mask: torch.Tensor | None = None,
+    min_new_tokens: int = 0,
+    repetition_penalty: float = 1.0,
 ) -> torch.Tensor:
     """Returns [B, T + n] = prompt followed by the generated tokens (n <= max_new_tokens).
 
@@ -127,6 +174,10 @@ def generate(
 
     ``attention_mask`` (1 a token, 0 padding) takes a batch of prompts padded on the left: each row generates what
     it would alone.
+
+    ``min_new_tokens``: the stop tokens cannot be drawn before that many new tokens. ``repetition_penalty`` p
+    (transformers' rule): the logit of every token already in the row (prompt included) is divided by p where
+    positive and multiplied by p where negative.
 
     Generation ends for a row when it emits one of ``stop_tokens`` (the stop token is kept); later
     positions of finished rows are filled with ``pad_token_id`` (default: the row's stop token), and the
@@ -158,8 +209,21 @@ def generate(
     finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
     fill = torch.full((batch,), -1, dtype=torch.long, device=input_ids.device)
     new_tokens = []
+    if not repetition_penalty > 0:
+        raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}")
+    seen = None
+    if repetition_penalty != 1.0:
+        seen = torch.zeros(batch, logits.shape[-1], dtype=torch.bool, device=logits.device)
+        seen.scatter_(1, input_ids.clamp(0, logits.shape[-1] - 1), True)
     for step in range(max_new_tokens):
+        if seen is not None:
+            scaled = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
+            logits = torch.where(seen, scaled, logits)
+        if step < min_new_tokens and stops.numel():
+            logits = logits.index_fill(-1, stops, float("-inf"))
         token = sample_next_token(logits, temperature, top_k, top_p, generator)
+        if seen is not None:
+            seen.scatter_(1, token.clamp(min=0).unsqueeze(1), True)
         token = torch.where(finished, fill, token)
         new_tokens.append(token)
         if stops.numel():

@@ -170,11 +170,15 @@ class CausalLM(nn.Module):
             raise ValueError("prefill needs at least one token")
         return logits, state
 
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 32, **kwargs: Any) -> torch.Tensor:
-        """Prompt plus up to ``max_new_tokens`` new tokens; see ``statex.models.generation.generate``."""
-        from statex.models.generation import generate
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int | None = None, **kwargs: Any) -> torch.Tensor:
+        """Prompt plus up to ``max_new_tokens`` (default 32) new tokens, stopping at the config's EOS unless
+        ``stop_tokens`` or ``eos_token_id`` say otherwise; see ``statex.models.generation.generate``.
+        transformers' keywords work too: ``model.generate(**tokenizer(texts, return_tensors="pt", padding=True),
+        do_sample=False, max_length=64)`` with the tokenizer padding on the left (``hf_generate_kwargs``)."""
+        from statex.models.generation import generate, hf_generate_kwargs
 
-        return generate(self, input_ids, max_new_tokens=max_new_tokens, **kwargs)
+        kwargs = hf_generate_kwargs(self.config, input_ids, {"max_new_tokens": max_new_tokens, **kwargs})
+        return generate(self, input_ids, **kwargs)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs: Any) -> "CausalLM":
