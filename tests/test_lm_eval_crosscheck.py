@@ -118,3 +118,16 @@ def test_adapter_arguments(checkpoint):
     assert next(lm.model.parameters()).dtype == torch.bfloat16
     assert lm.tok_encode("the cat")[0] == 1 and lm.tok_encode("<s> the cat").count(1) == 1
     assert max(len(lm.tok_encode(t)) for t in TEXTS) > 12  # the rolling task above spans several windows
+
+
+def test_statex_eval_logs_lm_eval_samples(checkpoint, tasks, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    from statex.cli import main
+
+    out = tmp_path / "report"
+    assert main(["eval", str(checkpoint), "--lm-eval", "sx_mc_space", "--lm-eval-include", str(tasks),
+                 "--lm-eval-log-samples", "--batch-size", "2", "--device", "cpu", "--out", str(out)]) == 0
+    (log,) = (out / "samples").iterdir()
+    items = [json.loads(line) for line in log.read_text().splitlines()]
+    assert log.name.endswith("_sx_mc_space.jsonl") and len(items) == len(TEXTS)
+    assert all(len(item["resps"]) == 3 for item in items)  # one log-likelihood per choice
