@@ -21,7 +21,7 @@ def tables(results: list[dict]) -> str:
         lines += ratio_lines(layer, "statex-gla-statex" + WIDE_VALUES, "statex-gla", target=2.0)
         lines += ratio_lines(layer, "statex-mamba2-statex", "statex-mamba2")
         lines += ratio_lines(layer, "statex-gla", "fla-gla", what="statex / fla layer time", target=1.10)
-        # issue [ssd-kernel]'s targets: the Mamba2-1.3B layer <= 40 ms per 65K tokens, d_state 512 <= 1.6x it
+        # the own SSD kernel's targets (docs/benchmarks.md): the Mamba2-1.3B layer <= 40 ms per 65K tokens, d_state 512 <= 1.6x it
         lines += per_65k_lines(layer, "statex-mamba2" + OWN_SSD, 40)
         lines += ratio_lines(layer, "statex-mamba2-statex" + OWN_SSD, "statex-mamba2" + OWN_SSD, target=1.6)
         lines += ratio_lines(layer, "statex-mamba2" + OWN_SSD, "statex-mamba2", what="own SSD / chunk_gla layer time")

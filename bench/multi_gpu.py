@@ -1,4 +1,4 @@
-"""Post-training on several GPUs of one host (issue [multi-gpu]), every part through the product's own command,
+"""Post-training on several GPUs of one host (docs/training.md, "Several processes"), every part through the product's own command,
 `torchrun --nproc_per_node N -m statex train`, one process group per run:
 
     exact    the same global batch and seed on 1 process and on N (DDP and FSDP2): the loss of each of the first

@@ -1,4 +1,4 @@
-"""The tables of bench/multi_gpu.py's results, with issue [multi-gpu]'s targets judged from the numbers (plain
+"""The tables of bench/multi_gpu.py's results, with the multi-GPU targets of docs/training.md judged from the numbers (plain
 Python, tested on made-up records in tests/test_bench_report.py)."""
 from __future__ import annotations
 

@@ -45,7 +45,7 @@ def tiny_model(request):
 
 
 def gla_layer_from_spec(mixer, x):
-    """GLA written directly from SPEC.md section 2, one token at a time, float64, with the mixer's weights."""
+    """GLA written directly from its definition (Yang et al., 2024), one token at a time, float64, with the mixer's weights."""
     spec = mixer.spec
     H, dk, dv = spec.num_heads, spec.head_k_dim, spec.head_v_dim
     W = {n: p.detach() for n, p in mixer.named_parameters()}

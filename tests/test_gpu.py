@@ -234,7 +234,7 @@ def test_cuda_graph_generation_equals_eager(family, expanded):
     assert torch.equal(default, eager)
 
 
-# ---- statex's own Triton SSD (STATEX_SSD=triton; issue [ssd-kernel]) ----------------------------------------------
+# ---- statex's own Triton SSD (STATEX_SSD=triton; docs/gpu.md) ------------------------------------------------------
 
 OWN_SSD_SHAPES = {  # (heads, headdim, ngroups, d_state)
     "mamba2-1.3b": (8, 64, 1, 128),

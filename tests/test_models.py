@@ -1,5 +1,5 @@
 """Whole models: pieces with carried state == one pass, token-by-token steps == one pass, gradients,
-the GLA layer against a per-token reference written from SPEC.md, generation == repeated full forwards."""
+the GLA layer against a per-token reference written from the GLA paper's definition, generation == repeated full forwards."""
 import math
 
 import pytest

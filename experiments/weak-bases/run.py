@@ -1,5 +1,5 @@
 """Experiment: does StateX's gain over LPT in the CPU miniature need a base that recalls well at few pairs?
-(issue [gpu-scale]: at GPU scale the bases recalled weakly and StateX did not beat LPT.)
+(At GPU scale, experiments/gpu-30m/, the bases recalled weakly and StateX did not beat LPT.)
 
     python experiments/weak-bases/run.py OUT STEPS [SEEDS]   # e.g. /tmp/weak 300 3
 

@@ -1,10 +1,16 @@
 """statex: StateX post-training state expansion for GLA and Mamba2 language models.
 
-Public API (the CLI uses only these):
+The names below (``__all__``) are the stable Python API:
 - configs: ``ModelConfig``, ``GLASpec``, ``Mamba2Spec``, ``gla_config``, ``mamba2_config``
-- models: ``build_model``, ``load_model``, ``load_config``, ``CausalLM``, ``GLAForCausalLM``, ``Mamba2ForCausalLM``
-  (``.from_pretrained``, ``.generate``, ``.save_pretrained``)
-- reports: ``describe_model`` (per-layer shapes, state sizes, parameter counts)
+- models: ``build_model``, ``load_model``, ``load_config``, ``save_model``, ``CausalLM``, ``GLAForCausalLM``,
+  ``Mamba2ForCausalLM`` (``.from_pretrained``, ``.generate``, ``.save_pretrained``)
+- the StateX expansion: ``expand``, ``expand_config``, ``plan_expansion``, ``select_layers``
+- tokenizers: ``load_tokenizer``, ``train_bpe_tokenizer``; training: ``train``, ``TrainConfig``
+- reports: ``describe_model``, ``describe_config``, ``describe_expansion`` and their ``format_*`` tables
+- errors: ``StatexError`` (one-line user errors), ``ConfigError``, ``CheckpointError``
+
+Each subpackage has its own entry points beside these, which the command line uses too: ``statex.eval.evaluate``,
+``statex.compare.run_compare``, ``statex.io.export.export_model``, ``statex.eval.lm_eval_adapter.StatexLM``.
 """
 from statex.config import GLASpec, Mamba2Spec, ModelConfig, gla_config, mamba2_config
 from statex.expand import expand, expand_config, plan_expansion, select_layers

@@ -2,7 +2,7 @@
 
 - MQAR (zoology's multi-query associative recall, token level): key-value pairs, then the keys queried again
   later with power-law gaps; the loss and accuracy are taken only on the value after each query key.
-- Passkey (SPEC.md section 6): a 5-digit passkey hidden at a chosen depth in repeated filler text.
+- Passkey (the StateX paper's evaluation, as in "Stuffed Mamba"): a 5-digit passkey hidden at a chosen depth in repeated filler text.
 
 Labels follow the model's convention: ``labels[t]`` is the token at position t when it is to be predicted
 (from position t - 1), else -100.

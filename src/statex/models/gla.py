@@ -1,4 +1,4 @@
-"""GLA mixer and block with fla's math and parameter names (SPEC.md section 2).
+"""GLA mixer and block with fla's math and parameter names (fla-org/flash-linear-attention, fla/layers/gla.py).
 
 Mixer, per head of key dim dk and value dim dv:
     q, k, v = x Wq, x Wk, x Wv            (each optionally followed by a causal short conv + SiLU)

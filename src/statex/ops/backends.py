@@ -9,7 +9,7 @@ Fast path (CUDA, flash-linear-attention installed, ``pip install 'statex[gpu]'``
 - GLA chunked forward/backward -> ``fla.ops.gla.chunk_gla``; decode step -> ``fla.ops.gla.fused_recurrent_gla``.
 - Mamba2 SSD is GLA with one decay per head: q = C, k = B, v = x * dt, log decay = dt * A broadcast over the
   d_state channels, scale 1; its state [P, N] is fla's "v-first" layout. It runs on ``chunk_gla`` (fla's
-  scalar-decay kernels refuse to run backward on Hopper with Triton < 3.7.1, ../shared/GPU_NOTES.md).
+  scalar-decay kernels refuse to run backward on Hopper with Triton < 3.7.1, docs/gpu.md).
 - Large heads (StateX's merged GLA head of 1024 x 2048, Mamba2 d_state 512) are served as sub-heads of at
   most ``max_key_block`` x ``max_value_block``. This is exact: the decay acts per key channel, so the rows of
   the state evolve independently and so do its columns; key block i x value block j is an independent GLA

@@ -1,4 +1,4 @@
-"""Passkey retrieval (SPEC.md section 6, as in "Stuffed Mamba"): a 5-digit passkey hidden at a depth in
+"""Passkey retrieval (the StateX paper's evaluation, as in "Stuffed Mamba"): a 5-digit passkey hidden at a depth in
 repeated filler; greedy decoding of a few tokens; correct when the passkey appears in the output."""
 from __future__ import annotations
 

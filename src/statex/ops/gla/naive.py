@@ -1,4 +1,4 @@
-"""Per-token reference recurrence for GLA, written from the definition (SPEC.md section 2).
+"""Per-token reference recurrence for GLA, written from the definition (Yang et al., "Gated Linear Attention Transformers with Hardware-Efficient Training", 2024).
 
     S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t        S_t: [K, V] per head
     o_t = (q_t * scale) S_t

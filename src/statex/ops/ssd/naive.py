@@ -1,4 +1,4 @@
-"""Per-token reference recurrence for Mamba2's SSM (SPEC.md section 3), written from the definition.
+"""Per-token reference recurrence for Mamba2's SSM (Dao and Gu, "Transformers are SSMs", 2024), written from the definition.
 
 Per head h in group g(h) = h // (H / G):
     S_t = exp(dt_t A_h) S_{t-1} + dt_t x_t^T B_t      S_t: [P, N]

@@ -20,8 +20,8 @@ the states while the walks over chunks carry them; the stored h_c and dL/dS_c ar
 every later use is a dot operand of that dtype (or one sum of their product, dL/dlam_c).
 The exponent of every in-chunk decay is masked to -inf above the diagonal before exp, so strong decay cannot
 overflow. No dot takes the transpose of another dot's result in the same kernel: that pattern is what Triton
-3.6 miscompiles on Hopper (fla issue 640, why fla refuses chunk_simple_gla backward there: issue
-[ssd-kernel]); transposed operands here are always loaded or elementwise products of loaded tensors.
+3.6 miscompiles on Hopper (fla issue 640, why fla refuses chunk_simple_gla backward there: docs/gpu.md);
+transposed operands here are always loaded or elementwise products of loaded tensors.
 """
 from __future__ import annotations
 
