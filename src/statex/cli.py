@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import statex
+from statex.expand import DEFAULT_MODE, GLA_MODES, MAMBA2_MODES
 from statex.cli_support import (add_device_flags, check_seed, check_vocab, device_from_flag, prepare_kernels,
                                 resolve_tokenizer)
 
@@ -247,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst", help="output directory (project format)")
     p.add_argument("--layers", required=True, metavar="SPEC",
                    help="every:P (layers 0, P, 2P, ...), a list 0,6,12, frac:F (evenly spaced) or all")
-    p.add_argument("--mode", default="reinit", help="GLA: reinit|inherit; Mamba2: reinit|preserve|copy|zero")
+    p.add_argument("--mode", default=DEFAULT_MODE, help=f"GLA: {'|'.join(GLA_MODES)}; Mamba2: "
+                                                        f"{'|'.join(MAMBA2_MODES)} (default {DEFAULT_MODE})")
     p.add_argument("--heads", type=int, default=1, help="GLA heads per expanded layer (default 1)")
     p.add_argument("--factor", type=int, default=4, help="Mamba2 d_state multiplier (default 4)")
     p.add_argument("--seed", type=int, default=0)

@@ -30,9 +30,9 @@ def prepare_kernels(autotune: str | None, device, configs, batch: int, seq_len: 
 
 
 def check_vocab(tokenizer, config, name: str) -> None:
-    if tokenizer.vocab_size > config.vocab_size:
-        raise statex.StatexError(f"{name}: the tokenizer has {tokenizer.vocab_size} tokens but the model's "
-                                 f"vocabulary has {config.vocab_size}: wrong tokenizer for this model")
+    from statex.data.tokenizers import check_vocab as check
+
+    check(tokenizer.vocab_size, config.vocab_size, name)
 
 
 def check_seed(seed: int | None, flag: str = "--seed") -> None:
@@ -58,7 +58,9 @@ def int_list(text: str | None, parse=int):
 
 def add_device_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda")
-    parser.add_argument("--autotune", choices=["full", "fast", "off"],
+    from statex.ops.autotune import MODES
+
+    parser.add_argument("--autotune", choices=list(MODES),
                         help="CUDA: Triton autotuning fast (short timing) | full | off (first config); candidates "
                              "are compiled in parallel first and the winners cached (default STATEX_AUTOTUNE, else "
                              "fast; docs/gpu.md)")

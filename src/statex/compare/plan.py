@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from statex.compare.spec import BUDGET_EXTRAS, CompareSpec
-from statex.data.tokenizers import is_builtin
+from statex.data.tokenizers import check_vocab, is_builtin
 from statex.errors import StatexError
 
 
@@ -192,9 +192,7 @@ def make_plan(spec: CompareSpec, out: str | Path) -> Plan:
     families, stages = {}, []
     for name, fam in spec.families.items():
         config = _base_config(spec, name, vocab_size)
-        if vocab_size > config.vocab_size:
-            raise StatexError(f"families.{name}: the tokenizer has {vocab_size} tokens but the base's vocabulary "
-                              f"has {config.vocab_size}: wrong tokenizer for this base")
+        check_vocab(vocab_size, config.vocab_size, f"families.{name}", what="base")
         root = out / name
         context = fam.context
         references: dict[str, Any] = {}

@@ -138,6 +138,15 @@ def _special_tokens(directory: Path) -> dict[str, str]:
     return found
 
 
+def check_vocab(tokenizer_size: int, vocab_size: int, where: str = "", what: str = "model") -> None:
+    """A tokenizer whose ids would not all fit the model's embedding is the wrong one: one line, naming ``where``
+    (a model's name or a spec field) when given."""
+    if tokenizer_size > vocab_size:
+        prefix = f"{where}: " if where else ""
+        raise StatexError(f"{prefix}the tokenizer has {tokenizer_size} tokens but the {what}'s vocabulary has "
+                          f"{vocab_size}: wrong tokenizer for this {what}")
+
+
 def is_builtin(spec) -> bool:
     """A tokenizer that needs no file: ``bytes`` or ``ids:N``."""
     return str(spec) == "bytes" or str(spec).startswith("ids:")

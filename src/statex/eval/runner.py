@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from statex.data.tokenizers import check_vocab
 from statex.errors import StatexError
 from statex.eval.common import EvalContext, Record
 from statex.eval.tasks import TASKS
@@ -141,9 +142,8 @@ def evaluate(models: dict[str, Any], tasks: list[str], tokenizer, seed: int = 0,
     records: list[Record] = []
     for name, model in models.items():
         vocab = getattr(getattr(model, "config", None), "vocab_size", None)
-        if vocab is not None and tokenizer.vocab_size > vocab:
-            raise StatexError(f"{name}: the tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary "
-                              f"has {vocab}: wrong tokenizer for this model")
+        if vocab is not None:
+            check_vocab(tokenizer.vocab_size, vocab, name)
         model.eval()
         ctx = EvalContext(model, name, tokenizer, seed, n, batch_size, prefill_chunk, progress, options)
         with torch.no_grad():

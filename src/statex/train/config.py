@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from statex.errors import StatexError
+from statex.expand import DEFAULT_MODE
 from statex.validation import check_field_types
 
 CONFIG_FILE_LIMIT = 2**20  # an options file is a few hundred bytes
@@ -69,7 +70,7 @@ class TrainConfig:
     max_skips: int = 20  # consecutive skipped steps before the run stops anyway
     # StateX expansion applied to the loaded model before training (fresh runs only)
     expand_layers: Any = None
-    mode: str = "reinit"
+    mode: str = DEFAULT_MODE
     heads: int = 1
     factor: int = 4
     expand_seed: int | None = None  # default: seed
@@ -125,8 +126,10 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise StatexError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
                                   f"got {getattr(self, name)!r}")
-        if self.autotune not in (None, "full", "fast", "off"):
-            raise StatexError(f"--autotune must be one of full, fast, off, got {self.autotune!r}")
+        from statex.ops.autotune import MODES
+
+        if self.autotune is not None and self.autotune not in MODES:
+            raise StatexError(f"--autotune must be one of {', '.join(MODES)}, got {self.autotune!r}")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
             raise StatexError("need 0 <= --min-lr <= --lr and --lr > 0")
         if not 0 < self.decay_fraction <= 1:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from statex.data.corpus import corpus_files
 from statex.data.dataset import check_synthetic, parse_synthetic
+from statex.data.tokenizers import check_vocab
 from statex.errors import StatexError
 from statex.train.config import TrainConfig
 
@@ -27,9 +28,7 @@ def check_request(config: TrainConfig, tokenizer, existing: list[Path], device=N
         if config.expand_layers is not None:
             _, model_config = plan_expansion(model_config, config.expand_layers, config.mode, heads=config.heads,
                                              factor=config.factor, dt_init=config.dt_init)
-    if tokenizer.vocab_size > model_config.vocab_size:
-        raise StatexError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary has "
-                          f"{model_config.vocab_size}: wrong tokenizer for this model")
+    check_vocab(tokenizer.vocab_size, model_config.vocab_size)
     if config.data is not None:
         if str(config.tokenizer).startswith("ids:"):
             raise StatexError(f"--tokenizer {config.tokenizer} has no text: it serves --synthetic data only (use "
