@@ -79,3 +79,17 @@ def check_field_types(obj: Any, where: str, label: Callable[[str], str] = lambda
         value = getattr(obj, f.name)
         if not value_matches(value, hints[f.name]):
             raise error(f"{where}{label(f.name)} must be {describe_type(hints[f.name])}, got {short_repr(value)}")
+
+
+def merge_option_layers(cls, file_values: dict[str, Any] | None, overrides: dict[str, Any] | None, what: str,
+                        error=ConfigError) -> dict[str, Any]:
+    """The values of a typed options dataclass ``cls``: a config file's, then the flags' on top; a name ``cls``
+    does not have is refused, naming where it came from."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    merged: dict[str, Any] = {}
+    for source, values in (("config file", file_values or {}), ("flags", overrides or {})):
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise error(f"unknown {what} option(s) in {source}: {', '.join(unknown)}")
+        merged.update(values)
+    return merged

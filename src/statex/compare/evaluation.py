@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from statex.data.tokenizers import is_builtin
 from statex.errors import StatexError
+from statex.eval.config import TaskOptions
 
 if TYPE_CHECKING:
     from statex.compare.plan import Plan, Stage
@@ -56,10 +57,13 @@ def check_evaluation(plan: Plan) -> None:
         for task, (names, options) in task_requests(spec.eval, fam.lengths, plan.heldout, spec.data.haystack).items():
             if task == "ppl" and spec.data.generated is not None and not Path(plan.heldout).is_file():
                 continue  # the held-out text is written by the comparison itself
+            sizes = {k: options[k] for k in ("n", "batch_size", "prefill_chunk") if k in options}
+            typed = TaskOptions.of({k: v for k, v in options.items() if k not in ("n", "batch_size", "prefill_chunk",
+                                                                                   "seed")})
             try:
-                check_request(names, **options)
+                check_request(names, **sizes, options=typed)
                 if tokenizer is not None:
-                    check_tokenizer(names, tokenizer, **options)
+                    check_tokenizer(names, tokenizer, typed)
             except StatexError as exc:
                 raise StatexError(f"eval.{task} for {fam.name}: {exc}") from None
     if spec.eval.lm_eval is not None:

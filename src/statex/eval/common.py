@@ -37,7 +37,7 @@ class EvalContext:
     batch_size: int = 8
     prefill_chunk: int = 2048
     progress: bool = True
-    options: dict[str, Any] = field(default_factory=dict)
+    options: Any = None  # TaskOptions (statex.eval.config)
 
     def bar(self, total: int, desc: str):
         return tqdm(total=total, desc=f"{self.model_name}: {desc}", unit="ex", disable=not self.progress,

@@ -10,7 +10,7 @@ from typing import Any
 
 from statex.errors import StatexError
 from statex.expand import DEFAULT_MODE
-from statex.validation import check_field_types
+from statex.validation import check_field_types, merge_option_layers
 
 CONFIG_FILE_LIMIT = 2**20  # an options file is a few hundred bytes
 
@@ -201,13 +201,7 @@ def check_resumable(config: TrainConfig, previous: dict[str, Any], world_size: i
 
 def resolve_config(file_values: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Defaults, then the config file's values, then explicitly given flags."""
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    merged: dict[str, Any] = {}
-    for source, values in (("config file", file_values or {}), ("flags", overrides or {})):
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise StatexError(f"unknown training option(s) in {source}: {', '.join(unknown)}")
-        merged.update(values)
+    merged = merge_option_layers(TrainConfig, file_values, overrides, "training", error=StatexError)
     try:
         return TrainConfig(**merged).validate()
     except TypeError as exc:

@@ -53,12 +53,12 @@ def label_scores(model, tokenizer, prompt: str, labels: list[str], device) -> li
 
 
 def run(ctx: EvalContext) -> list[Record]:
-    path = ctx.options.get("icl_file")
+    path = ctx.options.icl_file
     if not path:
         raise StatexError("task icl needs --icl-file FILE (JSONL of text and label)")
     rows = load_rows(path)
     labels = sorted({label for _, label in rows})
-    shots_grid = ctx.options.get("shots") or DEFAULT_SHOTS
+    shots_grid = ctx.options.shots or DEFAULT_SHOTS
     device = next(ctx.model.parameters()).device
     records = []
     queries = list(range(min(ctx.n, len(rows))))

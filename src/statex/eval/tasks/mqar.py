@@ -35,14 +35,14 @@ def score(predictions: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
 
 
 def run(ctx: EvalContext) -> list[Record]:
-    lengths = ctx.options.get("mqar_lengths") or ctx.options.get("lengths") or DEFAULT_LENGTHS
-    pairs_grid = ctx.options.get("pairs") or DEFAULT_PAIRS
+    lengths = ctx.options.mqar_lengths or ctx.options.lengths or DEFAULT_LENGTHS
+    pairs_grid = ctx.options.pairs or DEFAULT_PAIRS
     device = next(ctx.model.parameters()).device
     records = []
     cells = [(length, pairs) for length in lengths for pairs in pairs_grid if 4 * pairs <= length]
     bar = ctx.bar(len(cells) * ctx.n, "mqar")
     for length, pairs in cells:
-        examples = generate_examples(ctx.tokenizer, length, pairs, ctx.n, ctx.seed, ctx.options.get("mqar_keys"))
+        examples = generate_examples(ctx.tokenizer, length, pairs, ctx.n, ctx.seed, ctx.options.mqar_keys)
         correct = total = 0
         for start in range(0, len(examples), ctx.batch_size):
             batch = examples[start:start + ctx.batch_size]

@@ -90,11 +90,11 @@ def build_prompt(tokenizer, length: int, needles: list[tuple[float, str]], suffi
 
 
 def run(ctx: EvalContext) -> list[Record]:
-    lengths = ctx.options.get("lengths") or DEFAULT_LENGTHS
-    depths = ctx.options.get("depths") or DEFAULT_DEPTHS
-    variants = ctx.options.get("niah_variants") or (1,)
-    keys = ctx.options.get("niah_keys") or 1
-    haystack_path = ctx.options.get("haystack")
+    lengths = ctx.options.lengths or DEFAULT_LENGTHS
+    depths = ctx.options.depths or DEFAULT_DEPTHS
+    variants = ctx.options.niah_variants or (1,)
+    keys = ctx.options.niah_keys or 1
+    haystack_path = ctx.options.haystack
     haystack = Path(haystack_path).read_text(errors="replace") if haystack_path else None
     if 2 in variants and haystack is None:
         raise StatexError("niah variant 2 (essay haystack) needs --haystack FILE (any long local text)")

@@ -28,8 +28,8 @@ def score(output: str, key: str) -> float:
 
 
 def run(ctx: EvalContext) -> list[Record]:
-    lengths = ctx.options.get("lengths") or DEFAULT_LENGTHS
-    depths = ctx.options.get("depths") or DEFAULT_DEPTHS
+    lengths = ctx.options.lengths or DEFAULT_LENGTHS
+    depths = ctx.options.depths or DEFAULT_DEPTHS
     records = []
     bar = ctx.bar(len(lengths) * len(depths) * ctx.n, "passkey")
     for length in lengths:

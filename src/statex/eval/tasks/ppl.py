@@ -41,11 +41,11 @@ def leading_tokens(tokenizer, text: str, needed: int) -> list[int]:
 
 
 def run(ctx: EvalContext) -> list[Record]:
-    path = ctx.options.get("ppl_file")
+    path = ctx.options.ppl_file
     if not path:
         raise StatexError("task ppl needs --ppl-file FILE (local text)")
     text = Path(path).read_text(errors="replace")
-    length = max(ctx.options.get("lengths") or [2048])
+    length = max(ctx.options.lengths or [2048])
     ids = leading_tokens(ctx.tokenizer, text, length * ctx.n)
     windows = [ids[i:i + length] for i in range(0, len(ids) - length + 1, length)][:ctx.n]
     if not windows:

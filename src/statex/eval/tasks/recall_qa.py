@@ -60,10 +60,10 @@ def build_prompt(tokenizer, context: str, key: str, answers: list[str], max_toke
 
 
 def run(ctx: EvalContext) -> list[Record]:
-    files = ctx.options.get("recall_files") or []
+    files = ctx.options.recall_files or []
     if not files:
         raise StatexError("task recall needs --recall-files a.jsonl[,b.jsonl] (Based/JRT schema, local files)")
-    max_tokens = ctx.options.get("qa_max_tokens")
+    max_tokens = ctx.options.qa_max_tokens
     records = []
     for path in files:
         examples = load_examples(path, limit=ctx.n)
