@@ -28,6 +28,7 @@ from statex.train.config import TrainConfig, check_resumable
 from statex.train.preflight import check_request
 from statex.train.optim_state import build_param_groups
 from statex.train.run_directory import RUN_CONFIG, check_run_directory, read_run_config, trim_metrics
+from statex.train.interrupts import SignalCatcher
 from statex.train.loss import weighted_loss
 from statex.train.schedule import learning_rate
 from statex.train.state_passing import StatePassing
@@ -62,7 +63,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
 class _Run:
     def __init__(self, config: TrainConfig, env: distributed.Dist):
         self.config, self.env = config, env
-        self.signal_received: int | None = None
+        self.signals = SignalCatcher()
         self.lock = None
         if config.threads:
             torch.set_num_threads(config.threads)
@@ -197,7 +198,7 @@ class _Run:
 
     def run(self) -> dict[str, Any]:
         config, env = self.config, self.env
-        handlers = self._install_signal_handlers()
+        self.signals.install()
         bar = tqdm(total=config.steps, initial=self.step, desc="train", unit="step",
                    disable=not (env.main and config.progress), dynamic_ncols=True)
         window_start, window_tokens = time.perf_counter(), 0
@@ -250,8 +251,8 @@ class _Run:
                 if self.step % config.save_every == 0 or last:
                     self.save()
                 saved = self.step % config.save_every == 0 or last
-                if env.any(self.signal_received is not None):
-                    number = self.signal_received or signal.SIGTERM
+                if env.any(self.signals.number is not None):
+                    number = self.signals.number or signal.SIGTERM
                     if not saved:
                         self.save()
                     raise TrainingInterrupted(f"{signal.Signals(number).name} received: checkpoint of step "
@@ -266,7 +267,7 @@ class _Run:
                             "heldout_loss": heldout, "stopped": True, "rank": env.rank}
         finally:
             bar.close()
-            self._restore_signal_handlers(handlers)
+            self.signals.restore()
             if self.writer is not None:
                 self.writer.close()
         final = self._unwrapped_for_save()  # a collective under FSDP: every rank takes part
@@ -390,20 +391,3 @@ class _Run:
                      "carried_state": self.passing.state_dict()}
             save_checkpoint(self.out, self.step, model, state, self.config.keep)
         self.env.barrier()
-
-    def _install_signal_handlers(self):
-        def handler(signum, frame):
-            self.signal_received = signum
-
-        previous = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                previous[sig] = signal.signal(sig, handler)
-            except ValueError:  # not the main thread
-                pass
-        return previous
-
-    @staticmethod
-    def _restore_signal_handlers(previous) -> None:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
