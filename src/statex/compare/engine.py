@@ -246,9 +246,10 @@ def run_compare(spec: CompareSpec, out: str | Path, resume: bool = False, jobs: 
         _prepare_data(plan, say)
         gpu = plan.device == "cuda"
         if gpu:
-            from statex.ops import prewarm
+            from statex.ops import autotune, backends, prewarm
 
-            say("compiling the GPU kernels of every stage")
+            if autotune.resolve_mode(None) != "off" and backends.get_backend() != "torch":
+                say("compiling the GPU kernels of every stage")
             works = workloads(plan)
             prewarm.prepare(works, progress=progress, limit_s=PREWARM_LIMIT_S_PER_WORKLOAD * len(works))
         ev, data = plan.spec.eval, plan.spec.data
