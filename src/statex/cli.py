@@ -81,12 +81,11 @@ def _cmd_expand(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from statex.io.export import export_config, export_model
+    from statex.io.export import export_model
     from statex.outputs import check_output
 
     out = check_output(args.out, flag="OUT", inputs=[args.model], force=args.force)
-    export_config(statex.load_config(args.model)[0], args.to)  # refused before any weights are read
-    export_model(args.model, out, args.to)
+    export_model(args.model, out, args.to)  # refuses what the target cannot describe before reading weights
     loader = {"transformers": "transformers.Mamba2ForCausalLM", "fla": "fla.models.GLAForCausalLM"}[args.to]
     print(f"wrote {out}: {loader}.from_pretrained({str(out)!r}) loads it")
     return 0

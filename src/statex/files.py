@@ -184,3 +184,8 @@ def probe_writable(directory: str | Path) -> None:
             probe.unlink()
         except OSError:
             pass
+
+
+def safe_file_name(name: str) -> str:
+    """``name`` with every character but letters, digits, ``-``, ``_`` and ``.`` replaced by ``_``."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

@@ -45,19 +45,26 @@ def check_run_directory(out: Path, spec: CompareSpec, resume: bool, ignore: tupl
         raise StatexError(f"--out {out}: holds other files and is not a comparison; choose a new or empty directory")
 
 
-def _tokens_per_s(run: Path) -> float | None:
-    """The median logged training speed after the first steps (which include compilation)."""
-    path = run / "metrics.jsonl"
-    if not path.is_file():
-        return None
+def _metric_rows(run: Path) -> list[dict[str, Any]]:
+    """The readable records of a run's metrics.jsonl (none when it has none)."""
+    try:
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return []
     rows = []
-    for line in path.read_text().splitlines():
+    for line in lines:
         try:
             row = json.loads(line)
         except ValueError:
             continue
-        if isinstance(row, dict) and isinstance(row.get("tokens_per_s"), (int, float)):
+        if isinstance(row, dict):
             rows.append(row)
+    return rows
+
+
+def _tokens_per_s(run: Path) -> float | None:
+    """The median logged training speed after the first steps (which include compilation)."""
+    rows = [r for r in _metric_rows(run) if isinstance(r.get("tokens_per_s"), (int, float))]
     steady = [r["tokens_per_s"] for r in rows if r.get("step", 0) > 5] or [r["tokens_per_s"] for r in rows[1:]]
     return round(statistics.median(steady)) if steady else None
 
@@ -74,18 +81,7 @@ def _stage_config(plan: Plan, stage: Stage):
 
 def _trained_tokens(run: Path) -> int | None:
     """The tokens a finished run read, from its last metrics record."""
-    try:
-        lines = (run / "metrics.jsonl").read_text().splitlines()
-    except OSError:
-        return None
-    for line in reversed(lines):
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("tokens"), int):
-            return row["tokens"]
-    return None
+    return next((r["tokens"] for r in reversed(_metric_rows(run)) if isinstance(r.get("tokens"), int)), None)
 
 
 def _finished(stage: Stage) -> dict[str, Any] | None:
@@ -208,10 +204,11 @@ def workloads(plan: Plan) -> list:
     for stage in plan.stages:
         if stage.train is None:
             continue
-        from statex.data.dataset import parse_synthetic
+        from statex.data.dataset import parse_synthetic, sequence_lengths
 
         config = _stage_config(plan, stage)
-        lengths = {stage.train.seq_len} | {s.seq_len for s in parse_synthetic(stage.train.synthetic) if s.seq_len}
+        t = stage.train
+        lengths = {t.seq_len, *sequence_lengths(t.seq_len, parse_synthetic(t.synthetic), t.data is not None)}
         for length in sorted(lengths):  # a mixture trains batches of each of its lengths
             add(prewarm.Workload(config.to_dict(), stage.train.batch_size, length, train=True, forward=True,
                                  precision=stage.train.precision))

@@ -77,7 +77,9 @@ def _worker(function, args, threads: int, log: Path):
 
 
 def _file_name(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    from statex.files import safe_file_name
+
+    return safe_file_name(name)
 
 
 def _progress_of(name: str, run: Path | None) -> str:

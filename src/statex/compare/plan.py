@@ -269,7 +269,7 @@ def _resolve(resolve_config, values: dict[str, Any], where: str):
 
 def describe_plan(plan: Plan) -> list[str]:
     """The plan as text: each family's state and parameters per variant, and every stage with its tokens."""
-    from statex.data.dataset import parse_synthetic
+    from statex.data.dataset import parse_synthetic, sequence_lengths
     from statex.summary import describe_config
 
     lines = [f"{plan.spec.name}: {len(plan.stages)} stages on {plan.device}, seeds {plan.spec.seed_list}, "
@@ -286,7 +286,7 @@ def describe_plan(plan: Plan) -> list[str]:
         what = f"evaluate {stage.model}"
         if stage.train is not None:
             t = stage.train
-            lengths = {s.seq_len or t.seq_len for s in parse_synthetic(t.synthetic)} | ({t.seq_len} if t.data else set())
+            lengths = sequence_lengths(t.seq_len, parse_synthetic(t.synthetic), t.data is not None)
             shape = f"{t.seq_len}" if len(lengths) <= 1 else f"{min(lengths)}-{max(lengths)}, expected"
             what = f"{stage.tokens:,} tokens ({t.steps} steps x {t.batch_size} x {shape})"
         lines.append(f"  {stage.name:<40} {what}")

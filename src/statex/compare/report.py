@@ -100,18 +100,18 @@ def _needle_lines(records, family: str, variants: list[str]) -> list[str]:
     return lines
 
 
-def _trained_tokens(family: str, timings: dict[str, dict]) -> dict[str, int]:
+def _trained_tokens(plan, family: str, timings: dict[str, dict]) -> dict[str, int]:
     """Model -> tokens trained in all: a from-scratch model its pretraining, a post-trained variant its base's
     pretraining plus its own post-training (the mean over seeds)."""
     found, post = {}, {}
-    for name, t in timings.items():
-        parts = name.split("/")
-        if parts[0] != family or parts[-1] != "train" or not t or not t.get("tokens"):
+    for stage in plan.stages:
+        tokens = (timings.get(stage.name) or {}).get("tokens")
+        if stage.family != family or stage.train is None or not tokens:
             continue
-        if len(parts) == 3:
-            found[parts[1]] = t["tokens"]
+        if stage.kind == "pretrain":
+            found[stage.variant] = tokens
         else:
-            post.setdefault(parts[1], []).append(t["tokens"])
+            post.setdefault(stage.variant, []).append(tokens)
     for variant, values in post.items():
         found[variant] = found.get("base", 0) + round(sum(values) / len(values))
     return found
@@ -216,7 +216,7 @@ def write_report(out: Path, records: list[dict[str, Any]], plan, timings: dict[s
         if capacity is not None:
             plots[family]["capacity"] = capacity
         study = reference_summary(records, family, references.get(family, []), rule.capacity_threshold,
-                                  _trained_tokens(family, timings))
+                                  _trained_tokens(plan, family, timings))
         if study is not None:
             studies[family] = study
             state = state_plot(study, out)

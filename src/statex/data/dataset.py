@@ -212,6 +212,11 @@ def parse_synthetic(spec: str | list | None) -> list[SyntheticSource]:
     return sources
 
 
+def sequence_lengths(seq_len: int, sources: list[SyntheticSource], text: bool) -> list[int]:
+    """The lengths a run's batches can have: each source's own (default ``seq_len``), and ``seq_len`` for text."""
+    return sorted({s.seq_len or seq_len for s in sources} | ({seq_len} if text else set()))
+
+
 def mean_sequence_length(seq_len: int, sources: list[SyntheticSource], text_weight: float | None = None) -> float:
     """The expected length of a training sequence: the sources' lengths weighted by their sampling weights
     (``text_weight``: the text's weight, None without text)."""
@@ -252,4 +257,4 @@ def load_packed(cache_path, seq_len: int, heldout_sequences: int) -> PackedData:
 
 
 __all__ = ["IGNORE", "PackedData", "SyntheticSource", "TrainStream", "check_synthetic", "load_packed",
-           "mean_sequence_length", "parse_synthetic"]
+           "mean_sequence_length", "parse_synthetic", "sequence_lengths"]

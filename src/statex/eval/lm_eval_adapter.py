@@ -39,7 +39,6 @@ from statex.data import load_tokenizer
 from statex.errors import StatexError
 
 DEFAULT_MAX_LENGTH = 2048  # lm-eval's HF backend's, for configs that name no maximum length
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ACCEPTED = ("pretrained", "path", "tokenizer", "batch_size", "max_batch_size", "device", "dtype", "max_length",
             "add_bos_token", "prefix_token_id", "prefill_chunk", "model", "trust_remote_code")
 
@@ -69,11 +68,11 @@ class StatexLM(TemplateLM):
         if model is None:
             from statex import load_model
 
-            model = load_model(source)
-        if dtype not in (None, "auto"):
-            if dtype not in DTYPES:
-                raise StatexError(f"lm-eval dtype {dtype!r}: choose float32, bfloat16, float16 or auto")
-            model = model.to(DTYPES[dtype])
+            model = load_model(source, dtype=dtype or torch.float32)  # "auto": as stored
+        elif dtype not in (None, "auto"):
+            from statex.io.loading import resolve_placement
+
+            model = model.to(resolve_placement(dtype, "cpu")[0])
         self.model = model.to(device).eval()
         self._device = torch.device(device)
         if tokenizer is None:
@@ -245,11 +244,11 @@ def run_lm_eval(model, model_name: str, tokenizer, tasks: list[str], limit: int 
 
 def write_samples(samples: dict[str, list], out: Path, model_name: str) -> None:
     """lm-eval's per-item records as OUT/<model>_<task>.jsonl (strict JSON, written whole)."""
-    from statex.files import write_atomic
+    from statex.files import safe_file_name, write_atomic
     from statex.strict_json import dumps_strict
 
     out.mkdir(parents=True, exist_ok=True)
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_name)
+    safe = safe_file_name(model_name)
     for task, items in samples.items():
         lines = "".join(dumps_strict(item, default=str) + "\n" for item in items)
         write_atomic(out / f"{safe}_{task}.jsonl", lines)

@@ -81,19 +81,15 @@ def export_model(source: str | Path, out: str | Path, target: str) -> Path:
     from safetensors.torch import save_file
 
     from statex import load_config, load_model
+    from statex.io.own import tensors_to_save
     from statex.files import clean_stale_temporaries, honour_umask, remove_path, replace_directory, temporary_directory
 
     source, out = Path(source), Path(out)
     config, _ = load_config(source)
     target_config = export_config(config, target)  # refusals before any weights are read
     model = load_model(source)
-    tensors = {}
-    for name, tensor in model.state_dict().items():
-        if name == "lm_head.weight" and config.tie_embeddings:
-            continue  # tied: both libraries tie it again on load
-        if target == "transformers" and name == "backbone.embedding.weight":
-            name = "backbone.embeddings.weight"
-        tensors[name] = tensor.detach().to("cpu").contiguous()
+    renames = {"backbone.embedding.weight": "backbone.embeddings.weight"} if target == "transformers" else {}
+    tensors = tensors_to_save(model, lambda name: renames.get(name, name))
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temporaries(out.parent)
     tmp = temporary_directory(out)

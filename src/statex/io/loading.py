@@ -77,7 +77,7 @@ def load_model(path: str | Path, dtype: torch.dtype | str | None = torch.float32
     from statex.models import build_model
     from statex.models.lm import require_model_memory
 
-    dtype, device = _resolve_placement(dtype if torch_dtype is None else torch_dtype,
+    dtype, device = resolve_placement(dtype if torch_dtype is None else torch_dtype,
                                        device if device_map is None else device_map)
     config, fmt = load_config(path)
     require_model_memory(config, dtype if isinstance(dtype, torch.dtype) else torch.float32, device)
@@ -96,7 +96,7 @@ def load_model(path: str | Path, dtype: torch.dtype | str | None = torch.float32
     return model.to(device).eval()
 
 
-def _resolve_placement(dtype, device) -> tuple[torch.dtype | str | None, str | torch.device]:
+def resolve_placement(dtype, device) -> tuple[torch.dtype | str | None, str | torch.device]:
     """(dtype, device) from the forms transformers users pass; anything else refused with one line."""
     from statex.errors import StatexError
 

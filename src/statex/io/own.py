@@ -13,16 +13,19 @@ from statex.errors import StatexError
 from statex.files import clean_stale_temporaries, honour_umask, temporary_directory
 
 
+def tensors_to_save(model, rename=lambda name: name) -> dict:
+    """The model's tensors as a weight file holds them: on the CPU, contiguous, a tied lm_head left out
+    (safetensors stores each tensor once; loading ties it again), names passed through ``rename``."""
+    return {rename(name): tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()
+            if not (name == "lm_head.weight" and model.config.tie_embeddings)}
+
+
 def save_model(model, path: str | Path) -> None:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise StatexError(f"{path}: exists and is not a directory")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {}
-    for name, tensor in model.state_dict().items():
-        if name == "lm_head.weight" and model.config.tie_embeddings:
-            continue  # tied to the embedding; safetensors stores each tensor once
-        tensors[name] = tensor.detach().to("cpu").contiguous()
+    tensors = tensors_to_save(model)
     clean_stale_temporaries(path.parent)
     tmp = temporary_directory(path)
     try:

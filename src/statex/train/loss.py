@@ -17,11 +17,15 @@ import torch.nn.functional as F
 IGNORE = -100
 
 
-def weighted_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, average: str) -> torch.Tensor:
-    """logits [B, T, V], labels [B, T] (``labels[:, t]`` predicted from position t - 1; -100 ignored), weights [B]."""
+def weighted_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None,
+                  average: str) -> torch.Tensor:
+    """logits [B, T, V], labels [B, T] (``labels[:, t]`` predicted from position t - 1; -100 ignored), weights [B]
+    (None: every weight 1)."""
     targets = labels[:, 1:]
     losses = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")
     counts = (targets != IGNORE).sum(1)
+    if weights is None:
+        weights = torch.ones(len(counts), device=counts.device)
     if average == "tokens":
         return (losses.sum(1) * weights).sum() / (counts * weights).sum().clamp(min=1e-12)
     per_sequence = losses.sum(1) / counts.clamp(min=1)

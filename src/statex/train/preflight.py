@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from statex.data.corpus import corpus_files
-from statex.data.dataset import check_synthetic, parse_synthetic
+from statex.data.dataset import check_synthetic, parse_synthetic, sequence_lengths
 from statex.data.tokenizers import check_vocab
 from statex.errors import StatexError
 from statex.train.config import TrainConfig
@@ -44,7 +44,7 @@ def check_request(config: TrainConfig, tokenizer, existing: list[Path], device=N
 def training_bytes(config: TrainConfig, model_config) -> int:
     """A lower bound of a training step's memory: the weights with their gradients and AdamW moments, plus
     the logits and one activation per layer of one micro-batch (the real figure is higher)."""
-    longest = max([config.seq_len] + [s.seq_len or 0 for s in parse_synthetic(config.synthetic)])
+    longest = max([config.seq_len, *sequence_lengths(config.seq_len, parse_synthetic(config.synthetic), False)])
     tokens = config.batch_size * longest
     per_token = 4 * (3 * model_config.vocab_size + 2 * model_config.n_layer * model_config.d_model)
     return TRAINING_BYTES_PER_PARAM * model_config.parameter_count() + tokens * per_token

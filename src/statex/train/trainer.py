@@ -292,6 +292,7 @@ class _Run:
         for micro in range(config.grad_accum):
             start = self.position + (micro * env.world + env.rank) * config.batch_size
             ids, labels, weights = self.stream.weighted_batch(start, config.batch_size, key=self.position)
+            plain = bool((weights == 1).all())  # on the CPU copy: no device sync per micro-batch
             ids, labels, weights = ids.to(env.device), labels.to(env.device), weights.to(env.device)
             tokens += ids.numel() * env.world  # every process of a step draws the same length
             initial = self.passing.initial(self.position, micro, ids.shape[0])
@@ -300,7 +301,7 @@ class _Run:
             sync_context = no_sync() if (no_sync is not None and not last_micro) else contextlib.nullcontext()
             with sync_context:
                 with self._autocast():
-                    loss, final = self._loss(ids, labels, weights, initial)
+                    loss, final = self._loss(ids, labels, None if plain else weights, initial)
                 (loss / config.grad_accum).backward()
             self.passing.keep(final)
             total += float(loss.detach()) / config.grad_accum
@@ -310,9 +311,9 @@ class _Run:
         norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
         return loss_mean, norm, lr, tokens
 
-    def _loss(self, ids: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, initial=None):
-        """(the loss of train/loss.py, the final state when state passing is on)."""
-        if self.config.loss_average == "tokens" and bool((weights == 1).all()) and not self.passing.enabled:
+    def _loss(self, ids: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None, initial=None):
+        """(the loss of train/loss.py, the final state when state passing is on); ``weights`` None: all 1."""
+        if self.config.loss_average == "tokens" and weights is None and not self.passing.enabled:
             return self.wrapped(ids, labels=labels).loss, None
         out = self.wrapped(ids, state=initial, use_cache=self.passing.enabled)
         return weighted_loss(out.logits, labels, weights, self.config.loss_average), out.state
