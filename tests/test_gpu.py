@@ -1,7 +1,8 @@
 """The CUDA fast path (fla's Triton kernels through statex.ops.backends) against the pure-torch path in fp32:
 outputs, final states and gradients on GLA-1.3B and Mamba2-1.3B head shapes, original and StateX-expanded,
 lengths that are not chunk multiples, with and without an initial state; the decode step; and generation
-with the fast path equal to generation with the torch path. Skipped without CUDA and flash-linear-attention
+with the fast path equal to generation with the torch path; a training forward from a carried state, a left-padded
+batch with ``attention_mask``, and ``statex.train`` with a weighted mixture and state passing. Skipped without CUDA and flash-linear-attention
 (CI has neither); run on a GPU machine with ``pytest tests/test_gpu.py``."""
 import math
 
