@@ -73,13 +73,13 @@ def run_case(impl: str, length: int, repeats: int, threads: int, workdir: str, m
     else:
         model = statex.load_model(os.path.join(workdir, "gla"))
         if impl == "naive-gla":
-            from statex.ops import backends
             from statex.ops.gla import naive_recurrent_gla
+            from statex.runtime import dispatch
 
             def per_token(q, k, v, g, scale=None, initial_state=None, chunk_size=None):
                 return naive_recurrent_gla(q, k, v, g, scale=scale, initial_state=initial_state)
 
-            backends.torch_chunk_gla = per_token  # the torch path the mixer dispatches to on CPU
+            dispatch.chunk_gla = per_token  # the torch path the mixer dispatches to on CPU
     model.train()
     if checkpointing:  # statex's block-level gradient checkpointing (recompute each block in backward)
         model.gradient_checkpointing = True

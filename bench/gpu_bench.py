@@ -1,4 +1,4 @@
-"""GPU benchmark: StateX's GLA and Mamba2 layers and the GLA-1.3B model on CUDA (fla kernels via statex.ops.backends).
+"""GPU benchmark: StateX's GLA and Mamba2 layers and the GLA-1.3B model on CUDA (the fast kernels via statex.runtime.dispatch).
 
     python bench/gpu_bench.py --out DIR [--parts peak,layers,decode,model] [--lengths 2048,8192,32768,65536]
 
@@ -16,7 +16,7 @@ case):
 The names predate today's defaults and keep meaning what they measured: cases named ...@own-ssd run Mamba2's SSD
 on statex's own Triton kernels (STATEX_SSD=triton, the default since 2026-12-02), the other Mamba2 cases on
 chunk_gla (STATEX_SSD=fla, the earlier default). Cases named ...@wide-values run chunk_gla on GLA sub-heads of up
-to 256 x 2048 (backends.CHUNK_MAX_VALUE_BLOCK = 2048, the default since 2026-12-02: StateX's merged head as 4
+to 256 x 2048 (KernelSettings.chunk_max_value_block = 2048, the default since 2026-12-02: StateX's merged head as 4
 sub-heads, one per key block, with v repeated to them), the other GLA cases on sub-heads of up to 256 x 512 (the
 merged head as 16).
 Writes DIR/results.jsonl (one JSON object per measurement) and DIR/benchmarks.md (the tables, judged against the
@@ -130,13 +130,13 @@ _started = time.time()
 
 def shorten_autotuning(spec: str) -> None:
     """Time each autotuning candidate for WARMUP,REP milliseconds instead of Triton's 25,100 (statex's own
-    mechanism, statex.ops.autotune.set_timing). With ~20 candidates x ~10 kernels per shape the default costs
+    mechanism, statex.runtime.autotune.set_timing). With ~20 candidates x ~10 kernels per shape the default costs
     about two minutes per layer case, the short one a quarter of that. Only which config wins can change (every
     kernel runs >= 0.1 ms, so REP=25 still times dozens of runs per candidate); the measurements below use
     cuda_time, not this."""
     if not spec:
         return
-    from statex.ops.autotune import set_timing
+    from statex.runtime.autotune import set_timing
 
     warmup, rep = (int(x) for x in spec.split(","))
     set_timing(warmup, rep)
@@ -162,10 +162,10 @@ def apply_case_settings(name: str) -> None:
     """The kernel choices a case's name asks for (bench/triton_prewarm.py applies them too): Mamba2's SSD on
     statex's kernels for a name ending in OWN_SSD, else on chunk_gla (the earlier default path); GLA sub-heads up
     to 256 x 2048 for a name ending in WIDE_VALUES."""
-    from statex.ops import backends
+    from statex import runtime
 
-    backends.set_ssd_kernel("triton" if name.endswith(OWN_SSD) else "fla")
-    backends.CHUNK_MAX_VALUE_BLOCK = 2048 if name.endswith(WIDE_VALUES) else 512
+    runtime.configure(ssd_kernel="triton" if name.endswith(OWN_SSD) else "fla",
+                      chunk_max_value_block=2048 if name.endswith(WIDE_VALUES) else 512)
 
 
 def each_name(case):

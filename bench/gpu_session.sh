@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU session (prewarm, tests, benchmarks), each stage under its own time limit:
 #   1. bench/triton_prewarm.py compiles every Triton kernel the next two steps use, on all CPU cores at once;
-#   2. the CUDA tests (tests/test_gpu.py), their measured errors printed (-s);
+#   2. the CUDA tests (pytest -m cuda tests), their measured errors printed (-s);
 #   3. bench/gpu_bench.py, case by case, each case in its own process with its part's time limit.
 # Usage: OUT=out/gpu bash bench/gpu_session.sh
 # Needs CUDA, torch with Triton, and flash-linear-attention importable (PYTHONPATH may point at src/).
@@ -34,7 +34,7 @@ prewarm() {
 }
 tests() {
     timeout "${TEST_LIMIT:-150}" python3 -m pytest -s -q -rA -p no:cacheprovider ${TEST_K:+-k "$TEST_K"} \
-        tests/test_gpu.py > "$OUT/gpu_tests.log" 2>&1
+        -m cuda tests > "$OUT/gpu_tests.log" 2>&1
     stamp "tests rc=$?"
     grep -E "^(PASSED|FAILED|ERROR) |passed|failed" "$OUT/gpu_tests.log" | tail -40
 }

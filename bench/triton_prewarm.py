@@ -15,7 +15,7 @@ with the first of those. Triton writes every compiled kernel to its on-disk cach
 together the workers put every candidate of every kernel specialisation there; the tests and benchmarks
 that follow run unpatched, and their autotuning only loads and times the candidates.
 
-The patch is statex's own (statex.ops.autotune.shard_compilation, the mechanism of statex.ops.prewarm that `statex
+The patch is statex's own (statex.runtime.autotune.shard_compilation, the mechanism of statex.runtime.prewarm that `statex
 train` uses before its first step); it applies inside the worker processes only.
 """
 from __future__ import annotations
@@ -56,7 +56,7 @@ def workload(parts: list[str], tests_k: str = "", only: list[str] | None = None)
 
         selection = ["-k", tests_k] if tests_k else []
         stage("tests", lambda: pytest.main(["-q", "-p", "no:cacheprovider", *selection,
-                                            str(ROOT / "tests" / "test_gpu.py")]))
+                                            "-m", "cuda", str(ROOT / "tests")]))
     if "layers" in parts:
         for name in gpu_bench.selected(gpu_bench.CASE_NAMES["layers"], only):
             def layer_case(name=name):
@@ -87,7 +87,7 @@ def cache_entries() -> int:
 def drive(args) -> int:
     """Start the workers, report progress, stop them at the time limit (statex's own worker driver)."""
     sys.path.insert(0, str(ROOT / "src"))
-    from statex.ops.prewarm import run_worker_processes
+    from statex.runtime.prewarm import run_worker_processes
 
     started, before = time.time(), cache_entries()
     logs = Path(args.log_dir)
@@ -125,7 +125,7 @@ def main(argv=None) -> None:
         index, count = (int(x) for x in args.worker.split("/"))
         os.environ["FLA_CACHE_RESULTS"] = "0"  # a worker's timings cover only its shard: never store them
         sys.path.insert(0, str(ROOT / "src"))
-        from statex.ops.autotune import shard_compilation
+        from statex.runtime.autotune import shard_compilation
 
         shard_compilation(index, count)
         workload(args.parts, args.tests_k, args.only)

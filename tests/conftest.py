@@ -88,3 +88,32 @@ def largest_saved_tensor(fn, *args, **kwargs) -> int:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         fn(*args, **kwargs)
     return biggest
+
+
+def weighted_grads(outputs, inputs, weights):
+    """Gradients of sum(output * weight) w.r.t. inputs: a fixed random projection of every output."""
+    loss = sum((o * w).sum() for o, w in zip(outputs, weights))
+    return torch.autograd.grad(loss, inputs)
+
+
+def write_corpus(path, n=40, seed=0):
+    """A small JSONL corpus of random words."""
+    import json
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    words = ["alpha", "beta", "gamma", "delta", "river", "stone", "green", "sky"]
+    with open(path, "w") as f:
+        for _ in range(n):
+            f.write(json.dumps({"text": " ".join(rng.choice(words, rng.integers(5, 40)))}) + "\n")
+    return path
+
+
+def gla_inputs(B=2, T=45, H=2, K=32, V=48, dtype=torch.float64):
+    """Random GLA inputs (q, k, v, log decays g, initial state [B, H, K, V]) with moderate decay."""
+    q, k = torch.randn(B, T, H, K, dtype=dtype), torch.randn(B, T, H, K, dtype=dtype)
+    v = torch.randn(B, T, H, V, dtype=dtype)
+    g = F.logsigmoid(torch.randn(B, T, H, K, dtype=dtype)) / 4
+    s0 = torch.randn(B, H, K, V, dtype=dtype)
+    return q, k, v, g, s0

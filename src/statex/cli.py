@@ -11,7 +11,7 @@ from pathlib import Path
 
 import statex
 from statex.expand import DEFAULT_MODE, GLA_MODES, MAMBA2_MODES
-from statex.cli_support import (add_device_flags, check_seed, check_vocab, device_from_flag, prepare_kernels,
+from statex.cli_support import (add_device_flags, check_seed, check_vocab, device_from_flag,
                                 resolve_tokenizer)
 
 
@@ -124,7 +124,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         )
     device = device_from_flag(args.device)
     model = statex.load_model(args.model, device=device)
-    prepare_kernels(args.autotune, device, [model.config], batch=1, seq_len=len(ids), decode=True)
+    from statex.runtime.prewarm import prepare_for_models
+
+    prepare_for_models([model.config], args.autotune, device, batch=1, seq_len=len(ids), decode=True)
     stops = set(args.stop_id or [])
     if not args.no_eos_stop and tokenizer.eos_token_id is not None:
         stops.add(tokenizer.eos_token_id)
@@ -319,9 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        from statex.ops import backends
+        from statex.runtime import settings
 
-        backends.check_settings()
+        try:
+            settings.check_environment()
+        except ValueError as exc:
+            raise statex.StatexError(str(exc)) from None
         return args.func(args)
     except statex.TrainingInterrupted as exc:
         print(f"statex: {exc}", file=sys.stderr)

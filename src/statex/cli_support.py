@@ -1,5 +1,5 @@
-"""What several ``statex`` subcommands share: the --device and --autotune flags, the kernel prewarm before a
-CUDA run, the tokenizer a model directory implies, and list flags."""
+"""What several ``statex`` subcommands share: the --device and --autotune flags, the tokenizer a model directory
+implies, and list flags."""
 from __future__ import annotations
 
 import argparse
@@ -16,17 +16,6 @@ def device_from_flag(name: str):
     if name == "cuda" and not torch.cuda.is_available():
         raise statex.StatexError("--device cuda: no CUDA device is available")
     return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
-
-
-def prepare_kernels(autotune: str | None, device, configs, batch: int, seq_len: int, decode: bool) -> None:
-    """On CUDA: the Triton kernels of these models' shapes compiled in parallel first (statex.ops.prewarm)."""
-    from statex.ops import prewarm
-
-    if device.type != "cuda":
-        return
-    # one prewarm for all (its workers start once; workloads the models share are compiled once)
-    prewarm.prepare([work for config in configs
-                     for work in prewarm.forward_workloads(config.to_dict(), batch, seq_len, decode)], autotune)
 
 
 def check_vocab(tokenizer, config, name: str) -> None:
@@ -58,7 +47,7 @@ def int_list(text: str | None, parse=int):
 
 def add_device_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda")
-    from statex.ops.autotune import MODES
+    from statex.runtime.settings import AUTOTUNE_MODES as MODES
 
     parser.add_argument("--autotune", choices=list(MODES),
                         help="CUDA: Triton autotuning fast (short timing) | full | off (first config); candidates "

@@ -122,7 +122,7 @@ def test_one_prewarm_covers_the_workloads_every_stage_asks_for(finished, corpus)
     from statex.compare.engine import workloads
     from statex.compare.plan import make_plan
     from statex.compare.spec import load_spec, parse_override
-    from statex.ops import prewarm
+    from statex.runtime import prewarm
 
     out, _ = finished
     spec = load_spec(TINY, [parse_override(f"data.text={corpus}/train"),

@@ -103,7 +103,7 @@ def _release_gpu() -> None:
 
 def run_train_stage(stage: Stage, progress: bool, init: tuple | None = None) -> dict[str, Any]:
     """Train (or continue) one stage; ``init``: (config, init options, seed) of a pretrained base's weights."""
-    import statex
+    from statex.train import train as train_run
     from statex.files import remove_path, write_atomic
     from statex.train.checkpoint import checkpoint_dirs
 
@@ -121,7 +121,7 @@ def run_train_stage(stage: Stage, progress: bool, init: tuple | None = None) -> 
     resume = bool(stage.directory.exists() and checkpoint_dirs(stage.directory))
     config = dataclasses.replace(stage.train, resume=resume, progress=progress)
     begun = time.time()
-    summary = statex.train(config)
+    summary = train_run(config)
     if summary.get("stopped"):
         raise StatexError(f"{stage.name} stopped at step {summary['steps']} with a checkpoint; continue with --resume")
     record = {"seconds": round(time.time() - begun, 1), "tokens": _trained_tokens(stage.directory) or stage.tokens,
@@ -191,7 +191,7 @@ def _prepare_data(plan: Plan, say) -> None:
 
 def workloads(plan: Plan) -> list:
     """Every GPU workload of the plan's stages, as the trainer and the evaluation will ask for them."""
-    from statex.ops import prewarm
+    from statex.runtime import prewarm
 
     works, seen = [], set()
 
@@ -243,9 +243,9 @@ def run_compare(spec: CompareSpec, out: str | Path, resume: bool = False, jobs: 
         _prepare_data(plan, say)
         gpu = plan.device == "cuda"
         if gpu:
-            from statex.ops import autotune, backends, prewarm
+            from statex.runtime import autotune, prewarm, settings
 
-            if autotune.resolve_mode(None) != "off" and backends.get_backend() != "torch":
+            if autotune.resolve_mode(None) != "off" and settings.current().backend != "torch":
                 say("compiling the GPU kernels of every stage")
             works = workloads(plan)
             prewarm.prepare(works, progress=progress, limit_s=PREWARM_LIMIT_S_PER_WORKLOAD * len(works))

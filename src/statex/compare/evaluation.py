@@ -46,13 +46,13 @@ def task_requests(ev: EvalSpec, lengths: dict[str, list[int]], heldout: str | No
 def check_evaluation(plan: Plan) -> None:
     """Every argument error of the evaluation, per family, before any work (files that the comparison writes
     itself, the generated held-out text and a trained tokenizer, are checked when they exist)."""
-    import statex
+    from statex.data import load_tokenizer
     from statex.eval.runner import check_request, check_tokenizer
 
     spec = plan.spec
     tokenizer = None
     if is_builtin(plan.tokenizer) or Path(plan.tokenizer).is_file():
-        tokenizer = statex.load_tokenizer(plan.tokenizer)
+        tokenizer = load_tokenizer(plan.tokenizer)
     for fam in plan.families.values():
         for task, (names, options) in task_requests(spec.eval, fam.lengths, plan.heldout, spec.data.haystack).items():
             if task == "ppl" and spec.data.generated is not None and not Path(plan.heldout).is_file():
@@ -93,19 +93,21 @@ def prompt_tokens(records: list[dict[str, Any]]) -> int:
 def evaluate_stage(stage: Stage, ev: EvalSpec, tokenizer_path: str, heldout: str | None, haystack: str | None,
                    device: str) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """(records, seconds per task) of the stage's model."""
-    import statex
+    from statex.data import load_tokenizer
+    from statex.io import load_model
+    from statex.summary import describe_model
     from statex.eval import evaluate
 
     parts: dict[str, float] = {}
     begun = time.time()
-    model = statex.load_model(stage.model, device=device)
+    model = load_model(stage.model, device=device)
     if device == "cuda":  # every task's kernels compiled at once, in parallel
-        from statex.ops import prewarm
+        from statex.runtime import prewarm
 
         prewarm.prepare(prewarm.forward_workloads(model.config.to_dict(), ev.batch_size, ev.prefill_chunk,
                                                   decode=True))
     parts["load"] = round(time.time() - begun, 1)
-    tokenizer = statex.load_tokenizer(tokenizer_path)
+    tokenizer = load_tokenizer(tokenizer_path)
     name = stage.piece
     records = []
     for task, (names, options) in task_requests(ev, stage.options["lengths"], heldout, haystack).items():
@@ -124,7 +126,7 @@ def evaluate_stage(stage: Stage, ev: EvalSpec, tokenizer_path: str, heldout: str
         records += run_lm_eval(model, name, tokenizer, list(ev.lm_eval.tasks), limit=ev.lm_eval.limit,
                                include_path=ev.lm_eval.include)
         parts["lm_eval"] = round(time.time() - begun, 1)
-    info = statex.describe_model(model)
+    info = describe_model(model)
     rows = [_row(stage, r.task, r.setting, r.metric, r.value, r.n, r.params) for r in records]
     rows.append(_row(stage, "state", "total", "elements", info["total_state_elements"], 1, {}))
     rows.append(_row(stage, "params", "total", "count", info["total_params"], 1, {}))

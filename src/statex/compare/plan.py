@@ -127,7 +127,7 @@ def _budget(values: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _tokenizer(spec: CompareSpec, out: Path) -> tuple[str, int]:
-    import statex
+    from statex.data import load_tokenizer
 
     tok = spec.data.tokenizer
     if isinstance(tok, dict):
@@ -139,22 +139,23 @@ def _tokenizer(spec: CompareSpec, out: Path) -> tuple[str, int]:
         return str(out / "tokenizer" / "tokenizer.json"), size
     if not is_builtin(tok) and not Path(tok).exists():
         raise StatexError(f"data.tokenizer {tok}: no such file")
-    return str(tok), statex.load_tokenizer(tok).vocab_size
+    return str(tok), load_tokenizer(tok).vocab_size
 
 
 def _base_config(spec: CompareSpec, name: str, vocab_size: int, changes: dict[str, Any] | None = None,
                  where: str = "base.model"):
-    import statex
+    from statex.config import gla_config, mamba2_config
+    from statex.io import load_config
     from statex.models.init import check_init
 
     base = spec.families[name].base
     if base.path is not None:
         if not (Path(base.path) / "config.json").is_file():
             raise StatexError(f"families.{name}.base {base.path}: not a model directory (no config.json)")
-        return statex.load_config(base.path)[0]
+        return load_config(base.path)[0]
     kwargs = {k: v for k, v in {**base.model, **(changes or {})}.items() if k != "model_type"}
     kwargs.setdefault("vocab_size", vocab_size)
-    make = statex.gla_config if base.model["model_type"] == "gla" else statex.mamba2_config
+    make = gla_config if base.model["model_type"] == "gla" else mamba2_config
     try:
         config = make(**kwargs)
     except (TypeError, ValueError, StatexError) as exc:

@@ -52,9 +52,9 @@ def find_base(directory: Path, family: str) -> Path:
 
 def build_initial_model(recipe: BaseRecipe, vocab_size: int):
     """The freshly initialised base of ``recipe`` (``initialise`` with its init departures)."""
-    import statex
+    from statex.config import gla_config, mamba2_config
 
-    builder = statex.gla_config if recipe.family == "gla" else statex.mamba2_config
+    builder = gla_config if recipe.family == "gla" else mamba2_config
     return initialise(builder(vocab_size, **recipe.model), recipe.init, recipe.seed)
 
 
@@ -71,9 +71,11 @@ def pretrain_base(recipe: BaseRecipe, out: Path, work: Path, progress: bool = Tr
                   command: str | None = None) -> Path:
     """Pretrain one base by ``recipe`` and write ``out`` (config.json, model.safetensors, recipe.json), whole or
     not at all. ``work`` holds the corpus, token cache and checkpoints."""
-    import statex
+    from statex.data import load_tokenizer
+    from statex.io import load_model
+    from statex.summary import describe_model
 
-    tokenizer = statex.load_tokenizer("bytes")
+    tokenizer = load_tokenizer("bytes")
     work.mkdir(parents=True, exist_ok=True)
     corpus = write_corpus(work / "data", recipe.corpus_documents, recipe.corpus_seed)
     init = work / "init"
@@ -84,7 +86,7 @@ def pretrain_base(recipe: BaseRecipe, out: Path, work: Path, progress: bool = Tr
     summary = train_run(init, work / "run", corpus, work / "token-cache", recipe.seq_len, recipe.batch, recipe.steps,
                         recipe.lr, tuple(recipe.pairs), recipe.mix, recipe.seed, progress)
     wall = time.time() - started
-    model = statex.load_model(work / "run" / "final")
+    model = load_model(work / "run" / "final")
     record = {
         "recipe": recipe.to_dict(),
         "command": command or "statex demo pretrain",
@@ -94,7 +96,7 @@ def pretrain_base(recipe: BaseRecipe, out: Path, work: Path, progress: bool = Tr
         "heldout_loss": None if summary["heldout_loss"] is None else round(summary["heldout_loss"], 5),
         "mqar_accuracy": capacity_curve(model, tokenizer, recipe, progress),
         "params": model.num_parameters(),
-        "state_elements": statex.describe_model(model)["total_state_elements"],
+        "state_elements": describe_model(model)["total_state_elements"],
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
                     "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()},
         "date": datetime.date.today().isoformat(),

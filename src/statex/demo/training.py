@@ -12,7 +12,7 @@ def train_run(model: Path, out: Path, corpus: Path, cache_dir: Path, seq_len: in
               threads: int | None = None, **expansion: Any) -> dict[str, Any]:
     """Train ``model`` (a model directory) into ``out``; ``expansion``: StateX options (expand_layers, mode,
     heads, factor), applied before the first step. Returns the trainer's summary."""
-    import statex
+    from statex.train import train as train_run
     from statex.train import resolve_config
 
     synthetic = [{"kind": "mqar", "weight": mix["mqar"], "num_pairs": list(pairs)}]
@@ -22,4 +22,4 @@ def train_run(model: Path, out: Path, corpus: Path, cache_dir: Path, seq_len: in
         warmup=max(1, steps // 20), schedule="cosine", weight_decay=0.1, beta2=0.98, clip=1.0, seed=seed,
         loss_average="sequences", out=str(out), save_every=steps, keep=1, log_every=max(1, steps // 20),
         heldout_sequences=8, progress=progress, threads=threads, **expansion))
-    return statex.train(config)
+    return train_run(config)

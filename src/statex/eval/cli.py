@@ -8,7 +8,8 @@ from pathlib import Path
 
 import statex
 from statex.data.tokenizers import is_builtin
-from statex.cli_support import check_vocab, device_from_flag, prepare_kernels, resolve_tokenizer
+from statex.cli_support import check_vocab, device_from_flag, resolve_tokenizer
+from statex.runtime.prewarm import prepare_for_models
 
 _HELP = {
     "tasks": "comma-separated: passkey,niah,mqar,recall,ppl,icl",
@@ -77,9 +78,9 @@ def run_eval_command(args: argparse.Namespace) -> int:
                    "--batch-size, or a smaller --prefill-chunk")
     models = {name: statex.load_model(path, device=device) for name, path in zip(names, args.models)}
     longest = max(options.lengths or options.mqar_lengths or [2048])
-    prepare_kernels(config.autotune, device, configs, batch=config.batch_size,
-                    seq_len=min(longest, config.prefill_chunk),
-                    decode=any(t in ("passkey", "niah", "recall", "icl") for t in tasks) or bool(config.lm_eval))
+    prepare_for_models(configs, config.autotune, device, batch=config.batch_size,
+                       seq_len=min(longest, config.prefill_chunk),
+                       decode=any(t in ("passkey", "niah", "recall", "icl") for t in tasks) or bool(config.lm_eval))
     records, samples = [], {}
     if tasks:
         records = evaluate(models, tasks, tokenizer, seed=config.seed, n=config.n, batch_size=config.batch_size,
@@ -112,7 +113,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
 
 def add_eval_parser(sub) -> None:
     from statex.eval.config import EvalConfig, LIST_ITEMS
-    from statex.ops.autotune import MODES
+    from statex.runtime.settings import AUTOTUNE_MODES as MODES
 
     p = sub.add_parser("eval", help="evaluate models: passkey, niah, mqar, recall, ppl, icl, lm-eval tasks",
                        description="Writes OUT/results.json, OUT/report.md (models side by side) and PNG plots. "

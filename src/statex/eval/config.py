@@ -64,7 +64,7 @@ class EvalConfig(TaskOptions):
 
     def validate(self) -> "EvalConfig":
         from statex.eval.runner import check_request
-        from statex.ops.autotune import MODES
+        from statex.runtime.settings import AUTOTUNE_MODES as MODES
 
         check_field_types(self, "", label=lambda name: "--" + name.replace("_", "-"), error=StatexError)
         if not self.tasks and not self.lm_eval:

@@ -66,7 +66,7 @@ class StatexLM(TemplateLM):
             warnings.warn(f"lm-eval device {device}: no CUDA device is available; running on the CPU", stacklevel=2)
             device = "cpu"
         if model is None:
-            from statex import load_model
+            from statex.io import load_model
 
             model = load_model(source, dtype=dtype or torch.float32)  # "auto": as stored
         elif dtype not in (None, "auto"):

@@ -80,7 +80,7 @@ def export_model(source: str | Path, out: str | Path, target: str) -> Path:
     """Write the model in ``source`` (any format statex loads) to ``out`` in ``target``'s format."""
     from safetensors.torch import save_file
 
-    from statex import load_config, load_model
+    from statex.io.loading import load_config, load_model
     from statex.io.own import tensors_to_save
     from statex.files import clean_stale_temporaries, honour_umask, remove_path, replace_directory, temporary_directory
 

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Iterable
 import torch
 
 from statex.errors import StatexError
-from statex.ops import backends
+from statex.runtime import dispatch
+from statex.runtime.settings import current
 
 
 class NonFiniteLogits(StatexError):
@@ -145,8 +146,8 @@ GRAPH_MIN_TOKENS = 8  # capture costs about three eager steps; below this many n
 def graph_by_default(is_cuda: bool, max_new_tokens: int) -> bool:
     """What ``generate(cuda_graph=None)`` does: replay a CUDA graph for CUDA models on the fla backend (measured
     7-11x faster per token on an H200, docs/benchmarks.md) when at least GRAPH_MIN_TOKENS tokens are asked for."""
-    return (is_cuda and max_new_tokens >= GRAPH_MIN_TOKENS and backends.get_backend() != "torch"
-            and backends.fla_available())
+    return (is_cuda and max_new_tokens >= GRAPH_MIN_TOKENS and current().backend != "torch"
+            and dispatch.fla_available())
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from statex.config import GLASpec
 from statex.models.layers import CausalConv1d, GroupedGatedRMSNorm, RMSNorm
-from statex.ops import backends
+from statex.runtime import dispatch
 
 
 @dataclass
@@ -91,11 +91,12 @@ class GLAMixer(nn.Module):
         v = v.view(batch, length, heads, self.head_v_dim)
         gk = gk.view(batch, length, heads, self.head_k_dim)
         initial = state.recurrent if state is not None else None
+        # CUDA: fla's fused_recurrent_gla / chunk_gla (large heads as sub-heads); else statex.ops' torch GLA
         if length == 1 and initial is not None:
-            o, recurrent = backends.gla_step(q[:, 0], k[:, 0], v[:, 0], gk[:, 0], initial, self.scale)
+            o, recurrent = dispatch.gla_step(q[:, 0], k[:, 0], v[:, 0], gk[:, 0], initial, self.scale)
             o = o.unsqueeze(1)
         else:
-            o, recurrent = backends.gla_chunk(q, k, v, gk, self.scale, initial, chunk_size)
+            o, recurrent = dispatch.gla_chunk(q, k, v, gk, self.scale, initial, chunk_size)
 
         gate = self.g_proj(x).view(batch, length, heads, self.head_v_dim)
         o = self.g_norm_swish_gate(o.to(x.dtype), gate).reshape(batch, length, -1)

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from statex.ops import backends
+from statex.runtime import dispatch
 
 
 class RMSNorm(nn.Module):
@@ -39,7 +39,7 @@ class GroupedGatedRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(weight_dim))
 
     def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-        return backends.gated_rms_norm(x, gate, self.weight, self.eps, self.group_size, self.norm_before_gate,
+        return dispatch.gated_rms_norm(x, gate, self.weight, self.eps, self.group_size, self.norm_before_gate,
                                        lambda: self.reference(x, gate))
 
     def reference(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
@@ -94,7 +94,7 @@ class CausalConv1d(nn.Module):
             # a copy, not a view: a view would keep all of x alive as long as the state is kept (a whole prefill
             # chunk per layer while decoding), and FSDP2 warns about views among a block's outputs
             new_state = F.pad(x[:, max(0, length - keep):], (0, 0, max(0, keep - length), 0)).transpose(1, 2)
-            y = backends.conv_silu(x, self.weight[:, 0, :], self.bias,
+            y = dispatch.conv_silu(x, self.weight[:, 0, :], self.bias,
                                    lambda: self._torch_path(F.pad(x, (0, 0, keep, 0)), length))
             return y, new_state.clone(memory_format=torch.contiguous_format)
         padded = torch.cat([state.to(x.dtype).transpose(1, 2), x], dim=1)  # [B, keep + T, channels]

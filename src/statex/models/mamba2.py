@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from statex.config import Mamba2Spec
 from statex.models.layers import CausalConv1d, GroupedGatedRMSNorm, RMSNorm
-from statex.ops import backends
+from statex.runtime import dispatch
 
 
 @dataclass
@@ -95,11 +95,12 @@ class Mamba2Mixer(nn.Module):
         B = B.view(batch, length, spec.ngroups, spec.d_state)
         C = C.view(batch, length, spec.ngroups, spec.d_state)
         initial = state.ssm if state is not None else None
+        # CUDA: statex's own Triton SSD (or fla's chunk_gla), fla's fused_recurrent_gla per step; else torch SSD
         if length == 1 and initial is not None:
-            y, ssm = backends.ssd_step(x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], self.D, initial)
+            y, ssm = dispatch.ssd_step(x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], self.D, initial)
             y = y.unsqueeze(1)
         else:
-            y, ssm = backends.ssd_chunk(x, dt, A, B, C, self.D, initial, chunk_size)
+            y, ssm = dispatch.ssd_chunk(x, dt, A, B, C, self.D, initial, chunk_size)
 
         y = self.norm(y.reshape(batch, length, d_inner).to(u.dtype), z)
         return self.out_proj(y), Mamba2State(ssm, conv_state)

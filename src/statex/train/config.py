@@ -126,7 +126,7 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise StatexError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
                                   f"got {getattr(self, name)!r}")
-        from statex.ops.autotune import MODES
+        from statex.runtime.settings import AUTOTUNE_MODES as MODES
 
         if self.autotune is not None and self.autotune not in MODES:
             raise StatexError(f"--autotune must be one of {', '.join(MODES)}, got {self.autotune!r}")

@@ -18,7 +18,8 @@ TRAINING_BYTES_PER_PARAM = 16
 def check_request(config: TrainConfig, tokenizer, existing: list[Path], device=None):
     """``existing``: the run's checkpoints (a resumed run takes its model config from the newest readable one).
     Returns the ModelConfig the run will train (after any expansion)."""
-    from statex import load_config, plan_expansion
+    from statex.expand import plan_expansion
+    from statex.io import load_config
     from statex.io.loading import check_weights
     from statex.train.checkpoint import latest_model_config
 

@@ -153,7 +153,9 @@ class _Run:
                            config.text_weight, config.text_loss_weight)
 
     def _build_model(self, loaded):
-        from statex import build_model, expand, load_config, load_model
+        from statex.expand import expand
+        from statex.io import load_config, load_model
+        from statex.models import build_model
 
         config = self.config
         state = None
@@ -174,9 +176,9 @@ class _Run:
         return model.to(self.env.device).train(), state
 
     def _start_kernels(self, model_config):
-        """Start compiling this run's Triton kernels in parallel (ops/prewarm.py) while the data and the model are
+        """Start compiling this run's Triton kernels in parallel (runtime/prewarm.py) while the data and the model are
         built; only the first process of each host does, the others find them in the shared cache."""
-        from statex.ops import prewarm
+        from statex.runtime import prewarm
 
         config = self.config
         if self.env.local_rank != 0:
@@ -186,7 +188,7 @@ class _Run:
         return prewarm.begin(work, config.autotune, progress=config.progress)
 
     def _finish_kernels(self, handle) -> None:
-        from statex.ops import autotune
+        from statex.runtime import autotune
 
         if handle is not None:
             handle.wait()
@@ -369,7 +371,7 @@ class _Run:
             return self.model
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        from statex import build_model
+        from statex.models import build_model
 
         full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         copy = build_model(self.model.config, device="meta")

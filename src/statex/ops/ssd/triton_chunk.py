@@ -5,7 +5,7 @@ Same arguments and results as ``statex.ops.chunk_ssd`` (the pure-torch reference
 against), on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1`` (how the CPU tests run them). B and C
 stay per group: C . B^T of a chunk is computed once per group, and its gradient is summed over the group's heads
 inside one program. Supported shapes (``supports``): head dimension P and d_state N powers of two from 16 to 128
-(P) / 16 upward (N); anything else runs elsewhere (``statex.ops.backends``).
+(P) / 16 upward (N); anything else runs elsewhere (``statex.runtime.dispatch``).
 
 Forward, three launches: CB per group; the walk over chunks that stores the state h_c entering each chunk (and
 returns the final state); the output, with D x. Saved for the backward: CB [B, NC, G, Q, Q] (fp32) and the

@@ -11,7 +11,7 @@ import torch
 
 import statex
 from statex.train import build_param_groups, learning_rate, resolve_config
-from test_data import write_corpus
+from conftest import write_corpus
 
 
 @pytest.fixture
@@ -188,7 +188,7 @@ def test_paper_experiment_configs_parse():
 
     from statex.train import read_config_file
 
-    root = Path(__file__).parent.parent / "experiments" / "paper"
+    root = Path(__file__).parents[2] / "experiments" / "paper"
     configs = {p.stem: resolve_config(read_config_file(p)) for p in sorted(root.glob("*.yaml"))
                if p.stem.endswith(("-lpt", "-statex"))}  # the others are compare specs (tests/compare/test_plans.py)
     assert set(configs) == {"gla-1.3b-lpt", "gla-1.3b-statex", "mamba2-1.3b-lpt", "mamba2-1.3b-statex"}

@@ -138,16 +138,16 @@ def test_cuda_graph_generation_needs_a_cuda_model(tiny_model):
 
 def test_cuda_graph_is_the_default_only_for_cuda_on_fla_with_enough_tokens(monkeypatch):
     from statex.models.generation import GRAPH_MIN_TOKENS, graph_by_default
-    from statex.ops import backends
+    from statex import runtime
+    from statex.runtime import dispatch
 
-    monkeypatch.setattr(backends, "fla_available", lambda: True)
+    monkeypatch.setattr(dispatch, "fla_available", lambda: True)
     assert graph_by_default(True, GRAPH_MIN_TOKENS)
     assert not graph_by_default(True, GRAPH_MIN_TOKENS - 1)
     assert not graph_by_default(False, 1000)
-    monkeypatch.setattr(backends, "_backend", "torch")
-    assert not graph_by_default(True, 1000)
-    monkeypatch.setattr(backends, "_backend", "auto")
-    monkeypatch.setattr(backends, "fla_available", lambda: False)
+    with runtime.use(backend="torch"):
+        assert not graph_by_default(True, 1000)
+    monkeypatch.setattr(dispatch, "fla_available", lambda: False)
     assert not graph_by_default(True, 1000)
 
 

@@ -4,7 +4,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-BENCH = Path(__file__).parents[1] / "bench"
+BENCH = Path(__file__).parents[2] / "bench"
 sys.path.insert(0, str(BENCH))  # gpu_bench imports its report module as a script run from bench/ does
 spec = importlib.util.spec_from_file_location("gpu_bench", BENCH / "gpu_bench.py")
 gpu_bench = importlib.util.module_from_spec(spec)

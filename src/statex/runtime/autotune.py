@@ -19,9 +19,9 @@ Cache: Triton's cache directory is ``STATEX_CACHE_DIR/triton`` (default ``~/.cac
 processes, unless ``TRITON_CACHE_DIR`` is set. Compiled kernels live there, and so do the autotuning results
 (fla asks Triton to store them: ``FLA_CACHE_RESULTS``, on by default), so a later run with the same shapes on the
 same GPU and software loads the winners and compiles and times nothing else. A marker file per workload records
-that its prewarm has run, so it is not repeated (``statex.ops.prewarm``).
+that its prewarm has run, so it is not repeated (``statex.runtime.prewarm``).
 
-Compiling every candidate beforehand, in parallel: ``statex.ops.prewarm`` (its worker processes use
+Compiling every candidate beforehand, in parallel: ``statex.runtime.prewarm`` (its worker processes use
 ``shard_compilation`` below).
 
 The patches apply to Triton's ``Autotuner`` class inside statex processes only (the CLI, or code calling
@@ -33,8 +33,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-MODES = ("full", "fast", "off")
-DEFAULT_MODE = "fast"  # its steady speed matched full's on the H200 (docs/gpu.md), for a quarter of the timing
+from statex.runtime.settings import AUTOTUNE_MODES as MODES
+from statex.runtime.settings import current
+
 FAST_TIMING_MS = (5, 25)  # warmup, rep per candidate in mode fast (Triton's defaults: 25, 100)
 _applied: dict[str, Any] = {}  # what configure() has patched in this process
 
@@ -48,10 +49,11 @@ def triton_cache_dir() -> Path:
 
 
 def resolve_mode(mode: str | None) -> str:
-    source = "autotune mode" if mode else "STATEX_AUTOTUNE"
-    mode = mode or os.environ.get("STATEX_AUTOTUNE") or DEFAULT_MODE
+    """``mode``, else the settings' (STATEX_AUTOTUNE, default fast)."""
+    if mode is None:
+        return current().autotune
     if mode not in MODES:
-        raise ValueError(f"{source} {mode!r} is not one of {', '.join(MODES)}")
+        raise ValueError(f"autotune mode {mode!r} is not one of {', '.join(MODES)}")
     return mode
 
 

@@ -16,12 +16,12 @@ import torch
 import statex
 from statex.train import build_param_groups, optim_state
 from statex.train.checkpoint import checkpoint_dirs, load_latest_checkpoint
-from test_data import write_corpus
+from conftest import write_corpus
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
+sys.path.insert(0, str(Path(__file__).parents[2] / "bench"))
 from multi_gpu import worker_pid  # noqa: E402  (the multi-GPU bench kills ranks the same way)
 
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2] / "src"),
                                                     os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
 GLOBAL_BATCH = 4
 

@@ -1,5 +1,5 @@
 """Compile every Triton kernel candidate a CUDA run will use, in parallel on the host's CPU cores, before the run
-needs them; the run's own autotuning then only loads and times them (modes and cache: ``statex.ops.autotune``).
+needs them; the run's own autotuning then only loads and times them (modes and cache: ``statex.runtime.autotune``).
 
 How: W worker processes (default: one per CPU core less one, at most 16) each run the run's ``Workload`` (a
 forward+backward, a forward, a decoding step of a model with the run's layer shapes, batch, length and
@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from statex.ops import autotune
+from statex.runtime import autotune
 
 DEFAULT_LIMIT_S = 300.0
 REPORT_EVERY_S = 10.0
@@ -109,7 +109,8 @@ def run_workload(work: Workload) -> None:
     workers out of GPU memory."""
     import torch
 
-    from statex import ModelConfig, build_model
+    from statex.config import ModelConfig
+    from statex.models import build_model
 
     config = ModelConfig.from_dict(distinct_layers(work.model))
     dtype = torch.bfloat16 if work.precision == "pure-bf16" else torch.float32
@@ -215,7 +216,7 @@ class Prewarm:
         self._tmp = tempfile.TemporaryDirectory(prefix="statex-prewarm-")  # the spec, read by every worker
         spec = Path(self._tmp.name) / "workload.json"
         spec.write_text(json.dumps([asdict(work) for work in works]))
-        command = worker_command or [sys.executable, "-m", "statex.ops.prewarm"]
+        command = worker_command or [sys.executable, "-m", "statex.runtime.prewarm"]
         env = {**os.environ, "TRITON_CACHE_DIR": str(self.cache), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
                "FLA_CACHE_RESULTS": "0",  # a worker times nothing: it must store no autotuning result
                "PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")}
@@ -267,9 +268,9 @@ class Prewarm:
 def _import_kernels() -> None:
     """Import fla in this process while the workers compile: the run needs it next, and importing its ops takes
     about 11 s (H200 machine, 2026-12-02), which would otherwise come after the prewarm."""
-    from statex.ops import backends
+    from statex.runtime import dispatch
 
-    backends.fla_available()
+    dispatch.fla_available()
 
 
 def start(work: Workload | list[Workload], workers: int | None = None, progress: bool = True,
@@ -336,7 +337,7 @@ def _attempt_workload(work: Workload, last: bool) -> bool:
 def _worker_main(argv: list[str]) -> None:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m statex.ops.prewarm")
+    parser = argparse.ArgumentParser(prog="python -m statex.runtime.prewarm")
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--spec", required=True)
@@ -346,9 +347,9 @@ def _worker_main(argv: list[str]) -> None:
     autotune.shard_compilation(args.index, args.count)
     import torch  # timed apart from the compilation, to show where a worker's time goes
 
-    from statex.ops import backends
+    from statex.runtime import dispatch
 
-    backends.fla_available()
+    dispatch.fla_available()
     torch.cuda.init()
     print(f"worker {args.index}/{args.count}: imports and CUDA {time.time() - started:.1f} s", flush=True)
     for number, work in enumerate(works, 1):
@@ -363,6 +364,15 @@ def _worker_main(argv: list[str]) -> None:
         print(f"worker {args.index}/{args.count}: workload {number} of {len(works)} at "
               f"{time.time() - started:.1f} s", flush=True)
     print(f"worker {args.index}/{args.count}: done in {time.time() - started:.1f} s", flush=True)
+
+
+def prepare_for_models(configs, autotune_mode: str | None, device, batch: int, seq_len: int, decode: bool) -> None:
+    """What ``statex generate`` and ``statex eval`` do before their models run: on CUDA, the Triton kernels of these
+    models' forward (and decode) shapes compiled in parallel, once for all of them; nothing elsewhere."""
+    if device.type != "cuda":
+        return
+    prepare([work for config in configs for work in forward_workloads(config.to_dict(), batch, seq_len, decode)],
+            autotune_mode)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """statex's own Triton causal conv + SiLU (statex.ops.conv.triton_conv) against torch's conv1d in float64: values
 and the gradients of x, the weight and the bias. Without a GPU the kernels run under Triton's CPU interpreter; as
-tests/test_ssd_triton.py (whose docstring says how to install Triton for them), skipped where Triton is absent.
-tests/test_gpu.py runs the kernel on CUDA in bf16 against the torch path."""
+the Triton cases of tests/ops/test_ssd.py (whose docstring says how to install Triton for them), skipped where
+Triton is absent. On CUDA, also in bf16 through statex.runtime.dispatch against the torch path."""
 import os
 
 import pytest
@@ -9,10 +9,12 @@ import torch
 import torch.nn.functional as F
 
 if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before Triton is imported (see tests/test_ssd_triton.py)
-pytest.importorskip("triton", reason="needs Triton (see tests/test_ssd_triton.py's docstring)")
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before Triton is imported (see tests/ops/test_ssd.py)
+pytest.importorskip("triton", reason="needs Triton (see tests/ops/test_ssd.py's docstring)")
 
+from fast_path import TOLERANCE, requires_cuda, run_both  # noqa: E402
 from statex.ops.conv.triton_conv import BLOCK_D, BLOCK_T, conv_silu  # noqa: E402
+from statex.runtime import dispatch  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim:DeprecationWarning")
@@ -43,3 +45,16 @@ def test_values_and_gradients_match_conv1d(batch, length, channels, width, with_
     for name, ref, got in zip(("y", "dx", "dweight", "dbias"), *results):
         error = ((got.double() - ref).norm() / ref.norm()).item()
         assert error < 1e-5, f"{name}: relative error {error:.1e}"
+
+
+@requires_cuda
+@pytest.mark.parametrize("channels,with_bias", [(4352, True), (200, False)])  # Mamba2-1.3B's x, B, C channels
+@pytest.mark.parametrize("length", [300, 1000])
+def test_cuda_dispatch_matches_torch(channels, with_bias, length):
+    def fn(x, weight, bias=None):
+        return (dispatch.conv_silu(x, weight, bias, lambda: reference(x, weight, bias)),)
+
+    inputs = [torch.randn(2, length, channels, device="cuda"), torch.randn(channels, 4, device="cuda") * 0.5]
+    inputs += [torch.randn(channels, device="cuda")] if with_bias else []
+    errors = run_both(fn, inputs, float_args=(1, 2))  # weights stay fp32, as under autocast
+    assert max(errors.values()) < TOLERANCE, errors

@@ -1,5 +1,7 @@
-"""GLA kernels: chunked form == per-token recurrence == one-token step == fla's published naive recurrence,
-values and gradients, odd lengths, strong decay, initial states, processing in pieces."""
+"""Every GLA implementation against the float64 reference: the chunked torch form == per-token recurrence ==
+one-token step == fla's published naive recurrence (values and gradients, odd lengths, strong decay, initial
+states, pieces); a head served as sub-heads (statex.ops.gla.split) == the whole head; and on CUDA fla's kernels
+through statex.runtime.dispatch against the torch path (skipped without CUDA and flash-linear-attention)."""
 import importlib.util
 from pathlib import Path
 
@@ -7,8 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import largest_saved_tensor
+from conftest import gla_inputs, largest_saved_tensor, weighted_grads
+from fast_path import TOLERANCE, assert_step_close, requires_cuda, run_both
+from statex import runtime
 from statex.ops.gla import chunk_gla, naive_recurrent_gla, recurrent_gla_step
+from statex.ops.gla.split import block_size, split_heads_gla, torch_gla_kernel, torch_gla_step_kernel
+from statex.runtime import dispatch
 
 
 def make_inputs(B=2, T=75, H=3, K=16, V=8, decay_scale=1.0, dtype=torch.float64):
@@ -136,3 +142,89 @@ def test_memory_is_linear_no_quadratic_tensor():
         return largest_saved_tensor(chunk_gla, q.requires_grad_(), k, v, g)
 
     assert biggest_saved(4096) <= 2 * biggest_saved(2048) + 64
+
+
+# ---- a head as sub-heads (statex.ops.gla.split) ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("blocks", [(8, 16), (16, 48), (32, 12), (8, 24)])
+@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize("state_v_first", [False, True])
+def test_split_heads_equal_merged_head(blocks, with_state, state_v_first):
+    q, k, v, g, s0 = gla_inputs()
+    if state_v_first:
+        s0 = s0.transpose(-1, -2).contiguous()
+    inputs = [t.requires_grad_() for t in (q, k, v, g, s0)]
+    scale = 32**-0.5
+    ref = torch_gla_kernel(*inputs[:4], scale, inputs[4] if with_state else None, state_v_first)
+    got = split_heads_gla(torch_gla_kernel, *inputs[:4], scale, inputs[4] if with_state else None, state_v_first,
+                          max_key_block=blocks[0], max_value_block=blocks[1])
+    assert got[1].shape == ref[1].shape
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got[1], ref[1], rtol=1e-10, atol=1e-10)
+    weights = [torch.randn_like(ref[0]), torch.randn_like(ref[1])]
+    used = inputs if with_state else inputs[:4]
+    for a, b in zip(weighted_grads(got, used, weights), weighted_grads(ref, used, weights)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_split_heads_decode_step_equals_merged_step():
+    q, k, v, g, s0 = gla_inputs(T=1)
+    ref = torch_gla_step_kernel(q, k, v, g, 0.2, s0, False)
+    got = split_heads_gla(torch_gla_step_kernel, q, k, v, g, 0.2, s0, max_key_block=8, max_value_block=16)
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got[1], ref[1], rtol=1e-10, atol=1e-10)
+
+
+def test_block_sizes():
+    assert block_size(256, 256) == 256
+    assert block_size(1024, 256) == 256
+    assert block_size(2048, 512) == 512
+    assert block_size(96, 64) == 48
+    assert block_size(1031, 256) is None  # a prime: no block between MIN_BLOCK and the limit
+    with pytest.raises(ValueError, match="no block size"):
+        q, k, v, g, _ = gla_inputs(K=17 * 19, V=8, T=3)
+        split_heads_gla(torch_gla_kernel, q, k, v, g, 1.0, max_key_block=16)
+
+
+# ---- CUDA: fla's kernels through the runtime's dispatch against the torch path ------------------------------------
+
+CUDA_SHAPES = {  # (heads, head key dim, head value dim)
+    "gla-1.3b": (4, 256, 512),
+    "gla-1.3b-statex": (1, 1024, 2048),  # 4 heads merged into 1
+}
+
+
+@requires_cuda
+@pytest.mark.parametrize("shape", list(CUDA_SHAPES))
+@pytest.mark.parametrize("length", [300, 1000])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_cuda_chunk_matches_torch(shape, length, with_state):
+    H, K, V = CUDA_SHAPES[shape]
+    B, dev = 2, "cuda"
+    q, k = torch.randn(B, length, H, K, device=dev), torch.randn(B, length, H, K, device=dev)
+    v = torch.randn(B, length, H, V, device=dev)
+    g = F.logsigmoid(torch.randn(B, length, H, K, device=dev)) / 16
+    inputs = [q, k, v, g] + ([torch.randn(B, H, K, V, device=dev)] if with_state else [])
+
+    def fn(q, k, v, g, s0=None):
+        return dispatch.gla_chunk(q, k, v, g, K**-0.5, s0)
+
+    errors = run_both(fn, inputs, float_args=(3, 4))  # decays and states stay fp32, as in the mixer
+    assert max(errors.values()) < TOLERANCE, errors
+
+
+@requires_cuda
+@pytest.mark.parametrize("shape", list(CUDA_SHAPES))
+def test_cuda_decode_step_matches_torch(shape):
+    H, K, V = CUDA_SHAPES[shape]
+    B, dev = 3, "cuda"
+    q, k = (torch.randn(B, H, K, device=dev, dtype=torch.bfloat16) for _ in range(2))  # as in a bf16 model
+    g = F.logsigmoid(torch.randn(B, H, K, device=dev)) / 16
+    v, s0 = torch.randn(B, H, V, device=dev, dtype=torch.bfloat16), torch.randn(B, H, K, V, device=dev)
+    with torch.no_grad():
+        with runtime.use(backend="fla"):
+            fast = dispatch.gla_step(q, k, v, g, s0, K**-0.5)
+        with runtime.use(backend="torch"):
+            ref = dispatch.gla_step(q, k, v, g, s0, K**-0.5)
+    assert_step_close(fast, ref)

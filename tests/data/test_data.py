@@ -7,18 +7,10 @@ import pytest
 import torch
 
 import statex
+from conftest import write_corpus
 from statex.data.cache import build_token_cache, open_token_cache
 from statex.data.dataset import TrainStream, load_packed, parse_synthetic
 from statex.data.synthetic import (PASSKEY_NEEDLE, MQARSpec, haystack_prompt, mqar_sequence, passkey_sequence)
-
-
-def write_corpus(path, n=40, seed=0):
-    rng = np.random.default_rng(seed)
-    words = ["alpha", "beta", "gamma", "delta", "river", "stone", "green", "sky"]
-    with open(path, "w") as f:
-        for _ in range(n):
-            f.write(json.dumps({"text": " ".join(rng.choice(words, rng.integers(5, 40)))}) + "\n")
-    return path
 
 
 def test_cache_packs_documents_with_eod_and_is_reused(tmp_path):

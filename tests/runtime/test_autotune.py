@@ -1,14 +1,21 @@
-"""The autotuning plumbing (statex/ops/autotune.py, statex/ops/prewarm.py) on CPU, with a stand-in for Triton's Autotuner: what each
-mode patches, the compile sharding of prewarm workers, the parallel prewarm driver and its cache marker."""
+"""The autotuning plumbing (statex.runtime.autotune, statex.runtime.prewarm) on CPU, with a stand-in for Triton's
+Autotuner: what each mode patches, the compile sharding of prewarm workers, the parallel prewarm driver and its
+cache marker; on CUDA every mode against the torch path (skipped without CUDA and flash-linear-attention)."""
 import dataclasses
+import json
+import os
+import subprocess
 import sys
 import time
 import types
+from pathlib import Path
 
 import pytest
 
 import statex
-from statex.ops import autotune, prewarm
+from fast_path import requires_cuda
+from statex import runtime
+from statex.runtime import autotune, prewarm
 
 
 class _Config:
@@ -103,8 +110,8 @@ def test_fast_times_candidates_briefly(cache, monkeypatch):
 
 def test_configure_points_triton_at_the_statex_cache_and_reads_the_environment(cache, monkeypatch):
     assert autotune.configure(None, autotuner_class=_stand_in()) == "fast"  # the default
-    monkeypatch.setenv("STATEX_AUTOTUNE", "off")
-    assert autotune.configure(None, autotuner_class=_stand_in()) == "off"
+    with runtime.use(autotune="off"):  # STATEX_AUTOTUNE=off, as the settings read it
+        assert autotune.configure(None, autotuner_class=_stand_in()) == "off"
     assert autotune.triton_cache_dir() == cache and cache.is_dir()
     with pytest.raises(ValueError, match="not one of full, fast, off"):
         autotune.configure("fastest", autotuner_class=_stand_in())
@@ -272,18 +279,18 @@ def test_the_prewarm_passes_use_every_kernel_variant_evaluation_uses(monkeypatch
     import torch
 
     from statex.eval.common import token_logprobs
-    from statex.ops import backends
+    from statex.runtime import dispatch
 
     seen = set()
     for name in ("gla_chunk", "ssd_chunk"):
-        original = getattr(backends, name)
+        original = getattr(dispatch, name)
 
         def recording(*args, _original=original, _name=name, **kwargs):
             initial = kwargs.get("initial_state", args[5] if _name == "gla_chunk" else args[6])
             seen.add((_name, initial is None))
             return _original(*args, **kwargs)
 
-        monkeypatch.setattr(backends, name, recording)
+        monkeypatch.setattr(dispatch, name, recording)
     make = statex.gla_config if family == "gla" else statex.mamba2_config
     extra = dict(num_heads=2) if family == "gla" else dict(d_state=8, headdim=16)
     model = statex.build_model(make(64, 32, 1, **extra), seed=0).eval()
@@ -294,3 +301,55 @@ def test_the_prewarm_passes_use_every_kernel_variant_evaluation_uses(monkeypatch
         token_logprobs(model, torch.randint(0, 64, (2, 128)), chunk=64)  # MQAR, perplexity
         model.generate(ids, max_new_tokens=3, prefill_chunk=32)  # passkey, NIAH
     assert seen and seen <= warmed, (seen, warmed)
+
+
+# ---- CUDA: every mode gives the torch path's results; the prewarm compiles what the run uses -------------------
+# Each mode runs in its own process, since Triton's autotuners keep their choices per process.
+
+_SCRIPT = r"""
+import json, sys, torch, statex
+from statex import runtime
+from statex.runtime import autotune, prewarm
+mode, warm_first = sys.argv[1], sys.argv[2] == "1"
+configs = {
+    "gla": statex.gla_config(512, 256, 2, num_heads=2, use_short_conv=True),
+    "mamba2": statex.mamba2_config(512, 256, 2, d_state=64, headdim=64),
+}
+configs["gla"].layers[1] = statex.GLASpec(num_heads=1, key_dim=128, value_dim=256, use_short_conv=True)
+errors = {}
+for family, config in configs.items():
+    work = prewarm.Workload(config.to_dict(), batch=2, seq_len=300, train=True, precision="bf16")
+    summary = prewarm.prepare(work, mode, progress=False) if warm_first else autotune.configure(mode)
+    ids = torch.randint(0, 512, (2, 300), device="cuda")
+    grads = {}
+    for backend in ("fla", "torch"):
+        runtime.configure(backend=backend)
+        model = statex.build_model(config, device="cuda", seed=0)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=backend == "fla"):
+            loss = model(ids, labels=ids).loss
+        loss.backward()
+        grads[backend] = (loss.detach().float(), [p.grad.float() for p in model.parameters()])
+    (lf, gf), (lt, gt) = grads["fla"], grads["torch"]
+    flat_f, flat_t = torch.cat([g.flatten() for g in gf]), torch.cat([g.flatten() for g in gt])
+    errors[family] = {"loss": abs(float(lf - lt)) / abs(float(lt)),
+                      "grads": float((flat_f - flat_t).norm() / flat_t.norm())}
+print("RESULT " + json.dumps(errors))
+"""
+
+
+@requires_cuda
+@pytest.mark.parametrize("mode,prewarm", [("full", True), ("fast", True), ("off", False)])
+def test_cuda_every_mode_matches_the_torch_path(tmp_path, mode, prewarm):
+    env = {**os.environ, "STATEX_CACHE_DIR": str(tmp_path / "cache"),
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2] / "src"), os.environ.get("PYTHONPATH", "")])}
+    env.pop("TRITON_CACHE_DIR", None)
+    done = subprocess.run([sys.executable, "-c", _SCRIPT, mode, "1" if prewarm else "0"], capture_output=True,
+                          text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    errors = json.loads(done.stdout.split("RESULT ")[-1])
+    print(mode, errors)
+    # bf16 autocast against fp32: the loss within 1%, all gradients together within 5%
+    assert all(e["loss"] < 1e-2 and e["grads"] < 5e-2 for e in errors.values()), errors
+    if prewarm:
+        markers = list((tmp_path / "cache" / "triton" / "statex-prewarm").glob("*.json"))
+        assert len(markers) == 2
