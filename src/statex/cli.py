@@ -344,6 +344,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("statex: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if type(exc).__name__ != "OutOfMemoryError":  # torch.OutOfMemoryError: the GPU's memory, not the request
+            raise
+        where = "".join(f" {note}" for note in getattr(exc, "__notes__", []))
+        print(f"statex: error: out of GPU memory{where}: {_one_line(exc).split('. ')[0]}; use a smaller batch or "
+              "fewer --jobs side by side, then continue a stopped run with --resume", file=sys.stderr)
+        return 1
 
 
 def _one_line(exc: BaseException) -> str:

@@ -52,10 +52,12 @@ def run_tasks(tasks: dict[str, Task], jobs: int | None = None, progress: bool = 
             for name, future in futures.items():
                 if future.done() and name not in reported:
                     reported.add(name)
-                    if future.exception() is not None:
+                    error = future.exception()
+                    if error is not None:
                         for other in futures.values():
                             other.cancel()
-                        raise future.exception()
+                        error.add_note(f"in piece {name} (log: {log_dir / (_file_name(name) + '.log')})")
+                        raise error
                     _say(f"finished {name} ({len(reported)}/{len(futures)})", started, progress)
             if len(reported) == len(futures):
                 break
