@@ -6,7 +6,7 @@ Compared side by side in one run, each case in its own process (so peak memory i
 - GLA: a 2-layer, d_model 256, 4-head GLA LM (short conv on), statex's chunked kernel vs the same model
   running the per-token recurrence (statex.ops.gla.naive_recurrent_gla).
 
-    python bench/cpu_mixers.py [--lengths 512,2048,8192] [--repeats 3] [--threads 2] [--json out.json]
+    python -m bench.cpu_mixers [--lengths 512,2048,8192] [--repeats 3] [--threads 2] [--json out.json]
 
 Time: median of --repeats forward+backward passes after one warm-up, in its own process.
 "Extra peak memory": in another, fresh process, peak RSS during its first forward+backward pass minus the RSS

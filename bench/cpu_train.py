@@ -1,6 +1,6 @@
 """CPU training throughput of a ~10M-parameter model at T=1024 through the real trainer (``statex.train``).
 
-    python bench/cpu_train.py [--steps 12] [--batch-size 4] [--seq-len 1024] [--threads 2]
+    python -m bench.cpu_train [--steps 12] [--batch-size 4] [--seq-len 1024] [--threads 2]
 
 Builds a synthetic byte-level text corpus in a temporary directory, trains a GLA (d_model 256, 12 layers,
 4 heads, short conv) and a Mamba2 (d_model 256, 24 layers, d_state 64) for --steps steps each, and reports the

@@ -1,7 +1,7 @@
 """Time to the first optimizer step, and the steady tokens/s, of `statex train` runs on a machine without a warm
 Triton cache (each case gets a fresh STATEX_CACHE_DIR).
 
-    python bench/first_step.py --out out/first-step [--cases midscale-gla:fast,midscale-gla:full,...]
+    python -m bench.first_step --out out/first-step [--cases midscale-gla:fast,midscale-gla:full,...]
         [--data FILE] [--steps 30]
 
 A case is NAME:MODE. NAME picks a training command (CASES below); MODE is `--autotune`. A case named again
@@ -48,7 +48,6 @@ CASES = {
 def case_config(name: str, data: str, steps: int, out: Path, run: Path) -> Path:
     """The case's training options as a JSON config file: its YAML, the case's replacements, and this
     benchmark's bookkeeping (a short run, no checkpoint before the end, no held-out loss)."""
-    sys.path.insert(0, str(ROOT / "src"))
     from statex import load_tokenizer
     from statex.data.synthetic import MQARSpec
     from statex.train import read_config_file
@@ -156,7 +155,6 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     data = args.data
     if data is None:
-        sys.path.insert(0, str(ROOT / "src"))
         from statex.data.templates import write_corpus
 
         data = str(write_corpus(out / "data", 30_000, 0))

@@ -3,7 +3,7 @@ path and CUDA), two configs. Needs a CUDA GPU and flash-linear-attention (fla's 
 need Triton). Prints one JSON line per case; docs/interop.md holds the measured output.
 
     pip install flash-linear-attention==0.6.0 fla-core==0.6.0 einops
-    python bench/fla_export_check.py
+    python -m bench.fla_export_check
 """
 import json
 import tempfile

@@ -1,6 +1,6 @@
 """GPU benchmark: StateX's GLA and Mamba2 layers and the GLA-1.3B model on CUDA (the fast kernels via statex.runtime.dispatch).
 
-    python bench/gpu_bench.py --out DIR [--parts peak,layers,decode,model] [--lengths 2048,8192,32768,65536]
+    python -m bench.gpu_bench --out DIR [--parts peak,layers,decode,model] [--lengths 2048,8192,32768,65536]
 
 Parts (each case runs in its own process with the part's time limit, so one stuck Triton compile costs only its
 case):
@@ -13,12 +13,7 @@ case):
   bf16), original and expanded, at batch 1 and 64, eager and replayed from a CUDA graph.
 - model: whole-model training step (autocast bf16, fp32 master weights, AdamW) of GLA-1.3B (every:6) and
   Mamba2-1.3B (every:8) at T=2048 with and without expansion.
-The names predate today's defaults and keep meaning what they measured: cases named ...@own-ssd run Mamba2's SSD
-on statex's own Triton kernels (STATEX_SSD=triton, the default since 2026-12-02), the other Mamba2 cases on
-chunk_gla (STATEX_SSD=fla, the earlier default). Cases named ...@wide-values run chunk_gla on GLA sub-heads of up
-to 256 x 2048 (KernelSettings.chunk_max_value_block = 2048, the default since 2026-12-02: StateX's merged head as 4
-sub-heads, one per key block, with v repeated to them), the other GLA cases on sub-heads of up to 256 x 512 (the
-merged head as 16).
+The cases and the kernel settings each runs under are fields of bench/registry.py.
 Writes DIR/results.jsonl (one JSON object per measurement) and DIR/benchmarks.md (the tables, judged against the
 issues' targets: gpu_bench_report.py).
 """
@@ -35,7 +30,10 @@ from pathlib import Path
 
 import torch
 
-from gpu_bench_report import OWN_SSD, WIDE_VALUES, tables  # bench/ is on the path of a script run from it
+from bench.gpu_bench_report import tables
+from bench.registry import PARTS, Case, find, select
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CHUNK = 64  # fla's chunk size, for the FLOP model
 
@@ -82,28 +80,21 @@ def layer_flops_per_token(layer: torch.nn.Module, heads: int, key_dim: int, valu
     return 6 * matmul + kernel_flops_per_token(heads, key_dim, value_dim)
 
 
-def build_layer(name: str):
+def build_layer(case: Case):
     """(module, heads, key dim, value dim per head) for a layer case."""
     from statex.models.gla import GLAMixer
     from statex.models.mamba2 import Mamba2Mixer
 
-    name = name.removesuffix(OWN_SSD).removesuffix(WIDE_VALUES)
-
-    if name in ("statex-gla", "statex-gla-statex"):
-        config = config_13b("gla", 6 if name.endswith("statex") else None)
-        spec = config.layers[0]
-        return GLAMixer(2048, spec), spec.num_heads, spec.head_k_dim, spec.head_v_dim
-    if name == "fla-gla":
+    if case.implementation == "fla":
         from fla.layers.gla import GatedLinearAttention
 
         layer = GatedLinearAttention(mode="chunk", hidden_size=2048, expand_k=0.5, expand_v=1.0, num_heads=4,
                                      use_short_conv=False, gate_low_rank_dim=16, norm_eps=1e-6, fuse_norm=True)
         return layer, 4, 256, 512
-    if name in ("statex-mamba2", "statex-mamba2-statex"):
-        config = config_13b("mamba2", 1 if name.endswith("statex") else None)
-        spec = config.layers[0]
-        return Mamba2Mixer(2048, spec), spec.nheads, spec.d_state, spec.headdim
-    raise ValueError(name)
+    spec = config_13b(case.family, 1 if case.expanded else None).layers[0]
+    if case.family == "gla":
+        return GLAMixer(2048, spec), spec.num_heads, spec.head_k_dim, spec.head_v_dim
+    return Mamba2Mixer(2048, spec), spec.nheads, spec.d_state, spec.headdim
 
 
 # ---- timing ------------------------------------------------------------------------------------------------------
@@ -151,35 +142,27 @@ def emit(record: dict) -> None:
     print("RESULT " + json.dumps(record), flush=True)
 
 
-def case_peak(args) -> None:
+def measure_peak(args) -> None:
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     seconds = cuda_time(lambda: a @ b, warmup=3, repeats=10)
     emit({"part": "peak", "tflops": 2 * 8192**3 / seconds / 1e12})
 
 
-def apply_case_settings(name: str) -> None:
-    """The kernel choices a case's name asks for (bench/triton_prewarm.py applies them too): Mamba2's SSD on
-    statex's kernels for a name ending in OWN_SSD, else on chunk_gla (the earlier default path); GLA sub-heads up
-    to 256 x 2048 for a name ending in WIDE_VALUES."""
-    from statex import runtime
-
-    runtime.configure(ssd_kernel="triton" if name.endswith(OWN_SSD) else "fla",
-                      chunk_max_value_block=2048 if name.endswith(WIDE_VALUES) else 512)
-
-
-def each_name(case):
-    """Run case(args, args.name) with progress lines; a failure is recorded as the case's result. A name ending
-    in OWN_SSD runs its shape with statex's own SSD kernels (each case has its own process)."""
+def each_case(measure):
+    """Run measure(args, case) for the case args.name of its part, under the case's kernel settings (each case has
+    its own process), with progress lines; a failure is recorded as the case's result."""
     def run(args) -> None:
-        part, name = case.__name__[5:], args.name
-        progress(f"{part} {name}: start")
+        from statex import runtime
+
+        case = find(measure.__name__[8:], args.name)
+        progress(f"{case.part} {case.name}: start")
         try:
-            apply_case_settings(name)
-            case(args, name)
-            progress(f"{part} {name}: done")
+            runtime.configure(**case.settings)
+            measure(args, case)
+            progress(f"{case.part} {case.name}: done")
         except Exception as exc:
-            emit({"part": part, "name": name, "error": f"{type(exc).__name__}: {exc}"[:300]})
+            emit({"part": case.part, "name": case.name, "error": f"{type(exc).__name__}: {exc}"[:300]})
     return run
 
 
@@ -196,10 +179,11 @@ def layer_step(layer, batch: int, length: int):
     return step
 
 
-@each_name
-def case_layers(args, name: str) -> None:
+@each_case
+def measure_layers(args, case: Case) -> None:
+    name = case.name
     torch.manual_seed(0)
-    layer, heads, key_dim, value_dim = build_layer(name)
+    layer, heads, key_dim, value_dim = build_layer(case)
     layer = layer.to("cuda", torch.bfloat16)
     flops = layer_flops_per_token(layer, heads, key_dim, value_dim)
     for length in args.lengths:
@@ -225,15 +209,14 @@ def case_layers(args, name: str) -> None:
     torch.cuda.empty_cache()
 
 
-def build_model(name: str, n_layer: int | None = None):
-    """A 1.3B-shaped model on the GPU (random weights): name is family:original or family:statex (GLA every:6,
-    Mamba2 every:8); n_layer shortens it (same layer shapes; the first layer is the expanded one)."""
-    import statex
+def build_model(case: Case, n_layer: int | None = None):
+    """A 1.3B-shaped model of the case's family on the GPU (random weights), StateX-expanded on every 6th (GLA) or
+    8th (Mamba2) layer when the case is; n_layer shortens it (same layer shapes; the first layer is expanded)."""
+    from statex.models import build_model as build
 
-    family, expanded = name.removesuffix(OWN_SSD).removesuffix(WIDE_VALUES).split(":")
-    every = (6 if family == "gla" else 8) if expanded == "statex" else None
+    every = (6 if case.family == "gla" else 8) if case.expanded else None
     torch.manual_seed(0)
-    return statex.build_model(config_13b(family, every, n_layer), device="cuda", seed=0)
+    return build(config_13b(case.family, every, n_layer), device="cuda", seed=0)
 
 
 def decode_step(model, batch: int, graph: bool = False):
@@ -277,9 +260,10 @@ def train_step(model, batch: int, length: int = 2048, optimizer=None):
 DECODE_BATCHES = (1, 64)
 
 
-@each_name
-def case_decode(args, name: str) -> None:
-    model = build_model(name).to(torch.bfloat16).eval()
+@each_case
+def measure_decode(args, case: Case) -> None:
+    name = case.name
+    model = build_model(case).to(torch.bfloat16).eval()
     for graph in (False, True):
         for batch in DECODE_BATCHES:
             seconds = cuda_time(decode_step(model, batch, graph), warmup=3, repeats=20)
@@ -287,9 +271,10 @@ def case_decode(args, name: str) -> None:
                   "tokens_per_s": batch / seconds})
 
 
-@each_name
-def case_model(args, name: str) -> None:
-    model = build_model(name).train()
+@each_case
+def measure_model(args, case: Case) -> None:
+    name = case.name
+    model = build_model(case).train()
     params = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     length, batch = 2048, args.model_batch
@@ -306,34 +291,17 @@ def case_model(args, name: str) -> None:
     del model, optimizer
 
 
-CASE_NAMES = {"peak": ["bf16-matmul"],
-              "layers": ["statex-gla", "fla-gla", "statex-gla-statex", "statex-gla-statex" + WIDE_VALUES,
-                         "statex-mamba2", "statex-mamba2-statex",
-                         "statex-mamba2" + OWN_SSD, "statex-mamba2-statex" + OWN_SSD],
-              "model": ["gla:original", "gla:statex", "gla:statex" + WIDE_VALUES, "mamba2:original", "mamba2:statex",
-                        "mamba2:original" + OWN_SSD, "mamba2:statex" + OWN_SSD],
-              "decode": ["gla:original", "gla:statex", "mamba2:original", "mamba2:statex"]}
-CASES = {"peak": case_peak, "layers": case_layers, "decode": case_decode, "model": case_model}
+MEASURE = {"peak": measure_peak, "layers": measure_layers, "decode": measure_decode, "model": measure_model}
 
 
 # ---- driver ------------------------------------------------------------------------------------------------------
-
-
-def plan(parts: list[str], only: list[str] | None = None) -> list[tuple[str, str]]:
-    """(part, case name) in order: one process each, so that a case stuck compiling costs only itself; compiled
-    kernels and autotuning results reach the later processes through Triton's on-disk cache."""
-    return [(part, name) for part in CASE_NAMES if part in parts for name in selected(CASE_NAMES[part], only)]
-
-
-def selected(names: list[str], only: list[str] | None) -> list[str]:
-    return [n for n in names if not only or n in only]
 
 
 def run_case(cmd: list[str], log_path: Path, limit: float) -> tuple[str, bool | str]:
     """Run one part's process with its output in log_path (then appended to parts.log); kill its whole process group (Triton's compiler
     children too) at the limit. Returns (output, False | True for a non-zero exit | a timeout message)."""
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
         try:
             failed = proc.wait(timeout=limit) != 0
         except subprocess.TimeoutExpired:
@@ -353,8 +321,11 @@ def run_all(args) -> list[dict]:
     results = []
     log = open(out / "results.jsonl", "a")
     limits = {k: int(v) for k, _, v in (x.partition("=") for x in args.part_timeouts.split(",") if x)}
-    for part, name in plan(args.parts, args.only):
-        cmd = [sys.executable, __file__, "--case", part, "--name", name, "--tokens", str(args.tokens),
+    # one process per case, so that a case stuck compiling costs only itself; compiled kernels and autotuning
+    # results reach the later processes through Triton's on-disk cache
+    for case in select(args.parts, args.only):
+        part, name = case.part, case.name
+        cmd = [sys.executable, "-m", "bench.gpu_bench", "--case", part, "--name", name, "--tokens", str(args.tokens),
                "--lengths", ",".join(map(str, args.lengths)), "--model-batch", str(args.model_batch),
                "--tune-ms", args.tune_ms]
         started = time.time()
@@ -378,7 +349,7 @@ def run_all(args) -> list[dict]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="out/gpu-bench")
-    parser.add_argument("--parts", default="peak,layers,model,decode")
+    parser.add_argument("--parts", default=",".join(PARTS))
     parser.add_argument("--lengths", default="2048,8192,32768,65536")
     parser.add_argument("--tokens", type=int, default=65536, help="tokens per layer step (batch = tokens / T)")
     parser.add_argument("--model-batch", type=int, default=8, help="sequences of 2048 per whole-model step")
@@ -394,14 +365,13 @@ def main(argv=None) -> None:
     args.parts = [p for p in args.parts.split(",") if p]
     args.lengths = [int(x) for x in args.lengths.split(",") if x]
     args.only = [x for x in args.only.split(",") if x]
-    known = {n for names in CASE_NAMES.values() for n in names}
-    if set(args.only) - known:
-        sys.exit(f"gpu_bench.py: unknown case(s) {', '.join(sorted(set(args.only) - known))} "
-                 f"(known: {', '.join(sorted(known))})")
+    try:
+        select(args.parts, args.only)
+    except ValueError as exc:
+        sys.exit(f"gpu_bench: {exc}")
     if args.case:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
         shorten_autotuning(args.tune_ms)
-        CASES[args.case](args)
+        MEASURE[args.case](args)
         return
     if not torch.cuda.is_available():
         sys.exit("gpu_bench.py needs a CUDA GPU")

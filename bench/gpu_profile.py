@@ -1,7 +1,7 @@
 """Where the GPU time of one benchmarked layer goes: torch.profiler over forward+backward steps of a layer case
 of bench/gpu_bench.py, printing the kernels that take the most CUDA time.
 
-    python bench/gpu_profile.py [--names statex-mamba2,statex-gla-statex] [--length 8192] [--tokens 65536]
+    python -m bench.gpu_profile [--names statex-mamba2,statex-gla-statex] [--length 8192] [--tokens 65536]
 
 Run it after gpu_bench.py has autotuned the same shapes (or restore its autotune results), so that the profile
 holds steady-state steps and not Triton's compilation. Output: one table per case on stdout.
@@ -11,14 +11,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-import gpu_bench  # noqa: E402
+from bench import gpu_bench
+from bench.registry import find
 
 
 def profiled(step, steps: int):
@@ -35,8 +32,12 @@ def profiled(step, steps: int):
 
 
 def profile_case(name: str, length: int, tokens: int, steps: int = 3, rows: int = 15) -> str:
+    from statex import runtime
+
+    case = find("layers", name)
+    runtime.configure(**case.settings)
     torch.manual_seed(0)
-    layer = gpu_bench.build_layer(name)[0].to("cuda", torch.bfloat16)
+    layer = gpu_bench.build_layer(case)[0].to("cuda", torch.bfloat16)
     prof = profiled(gpu_bench.layer_step(layer, max(1, tokens // length), length), steps)
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=70)
     return f"== {name} T={length}, {steps} steps of {tokens} tokens\n{table}"

@@ -3,8 +3,9 @@
 #   1. bench/triton_prewarm.py compiles every Triton kernel the next two steps use, on all CPU cores at once;
 #   2. the CUDA tests (pytest -m cuda tests), their measured errors printed (-s);
 #   3. bench/gpu_bench.py, case by case, each case in its own process with its part's time limit.
-# Usage: OUT=out/gpu bash bench/gpu_session.sh
+# Usage (from the repository root): OUT=out/gpu bash bench/gpu_session.sh
 # Needs CUDA, torch with Triton, and flash-linear-attention importable (PYTHONPATH may point at src/).
+# The cases and their kernel settings: bench/registry.py.
 # Knobs (environment):
 #   STAGES         stages to run, in the order given (default "prewarm tests bench")
 #   WORKERS, PREWARM_PARTS, PREWARM_LIMIT          bench/triton_prewarm.py --workers / --parts / --limit
@@ -16,6 +17,7 @@
 # AUTOTUNE_TGZ=path to a later session on the same kind of GPU and software: its kernels then compile only the chosen
 # config and skip the timing of every candidate, so that session may leave out the prewarm stage.
 set -u
+cd "$(dirname "$0")/.."  # the benchmarks run as modules of the package bench
 OUT=${OUT:-out/gpu}
 STAGES=${STAGES-prewarm tests bench}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
@@ -26,7 +28,7 @@ if [ -n "${AUTOTUNE_TGZ:-}" ]; then
 fi
 
 prewarm() {
-    python3 bench/triton_prewarm.py --workers "${WORKERS:-15}" --parts "${PREWARM_PARTS:-tests,layers,models}" \
+    python3 -m bench.triton_prewarm --workers "${WORKERS:-15}" --parts "${PREWARM_PARTS:-tests,layers,models}" \
         --limit "${PREWARM_LIMIT:-240}" --tests-k "${TEST_K:-}" --only "${ONLY:-}" --log-dir "$OUT/prewarm-logs" \
         2>&1 | tee "$OUT/prewarm.log" | tail -4
     # keep one worker's log (the others repeat it) beside the summary
@@ -39,7 +41,7 @@ tests() {
     grep -E "^(PASSED|FAILED|ERROR) |passed|failed" "$OUT/gpu_tests.log" | tail -40
 }
 bench() {
-    python3 bench/gpu_bench.py --out "$OUT/bench" --parts "${PARTS:-peak,layers,model,decode}" --only "${ONLY:-}" \
+    python3 -m bench.gpu_bench --out "$OUT/bench" --parts "${PARTS:-peak,layers,model,decode}" --only "${ONLY:-}" \
         --lengths "${LENGTHS:-2048,8192,32768,65536}" \
         --part-timeouts "${PART_TIMEOUTS:-peak=30,layers=90,model=90,decode=60}" --tune-ms "${TUNE_MS-5,25}"
 }

@@ -17,8 +17,8 @@ Each run is a fresh torchrun under its own time limit; the Triton cache is share
 NVLink multicast stays off (NCCL_NVLS_ENABLE=0, TORCH_SYMM_MEM_DISABLE_MULTICAST=1, NVSHMEM_DISABLE_NVLS=1), as
 the device's KINDS.md requires.
 
-    python3 bench/multi_gpu.py --parts exact,resume,kill,scale --gpus 1,2,4,8 --out $OUT/multi-gpu   # 8 GPUs
-    python3 bench/multi_gpu.py --device cpu --tiny --gpus 1,2 --out /tmp/multi-gpu                   # CPU, gloo
+    python3 -m bench.multi_gpu --parts exact,resume,kill,scale --gpus 1,2,4,8 --out $OUT/multi-gpu   # 8 GPUs
+    python3 -m bench.multi_gpu --device cpu --tiny --gpus 1,2 --out /tmp/multi-gpu                   # CPU, gloo
 
 Writes OUT/results.jsonl (one record per run, appended), OUT/multi_gpu.md (the tables, multi_gpu_report.py),
 OUT/runs.log (every run's output) and OUT/runs/<name>/ (metrics.jsonl; checkpoints are deleted after use).
@@ -38,8 +38,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 WORDS = ("river stone light house garden winter letter morning silver window market mountain question table "
@@ -54,7 +52,7 @@ def write_inputs(out: Path, tiny: bool, seed: int = 0) -> dict[str, Path]:
         configs = {"gla": statex.gla_config(257, 32, 2, num_heads=2, use_short_conv=True),
                    "mamba2": statex.mamba2_config(257, 32, 2, d_state=16, headdim=16)}
     else:
-        from gpu_bench import config_13b
+        from bench.gpu_bench import config_13b
 
         configs = {"gla-1.3b": config_13b("gla"), "gla-1.3b-statex": config_13b("gla", expand_every=8),
                    "mamba2-1.3b": config_13b("mamba2"), "mamba2-1.3b-statex": config_13b("mamba2", expand_every=8)}
@@ -319,7 +317,7 @@ def main(argv=None) -> None:
     args.exact_models = models or (["gla", "mamba2"] if args.tiny else ["gla-1.3b", "mamba2-1.3b"])
     args.scale_models = models or [m for m in inputs if m != "corpus"]
     runner = Runner(args, inputs)
-    from multi_gpu_report import tables
+    from bench.multi_gpu_report import tables
 
     results = []
     for part in args.parts:

@@ -1,6 +1,6 @@
 """Where the time of statex's own SSD kernels goes, and which num_warps each kernel should launch with.
 
-    python bench/ssd_kernels.py [--out DIR] [--warps 2,4,8] [--tokens 65536] [--length 8192]
+    python -m bench.ssd_kernels [--out DIR] [--warps 2,4,8] [--tokens 65536] [--length 8192]
 
 For Mamba2-1.3B's SSD shape (64 heads x headdim 64, ngroups 1) at d_state 128 and StateX's 512: forward+backward
 of ``statex.ops.ssd.triton_chunk.chunk_ssd_triton`` on bf16 inputs under torch.profiler, once per num_warps
@@ -17,10 +17,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from gpu_profile import profiled  # noqa: E402  (bench/ is on the path of a script run from it)
-from statex.ops.ssd import triton_chunk  # noqa: E402
+from bench.gpu_profile import profiled
+from statex.ops.ssd import triton_chunk
 
 SHAPES = {"mamba2-1.3b": (64, 64, 1, 128), "mamba2-1.3b-statex": (64, 64, 1, 512)}  # (H, P, G, N)
 

@@ -1,6 +1,6 @@
 """Compile, on many CPU cores at once, every Triton kernel a GPU session is about to use.
 
-    python bench/triton_prewarm.py [--workers 15] [--parts tests,layers,models] [--limit 300]
+    python -m bench.triton_prewarm [--workers 15] [--parts tests,layers,models] [--limit 300]
         [--tests-k EXPR] [--only CASE,...]
 
 Why: fla's kernels autotune over up to 24 configs each, and Triton compiles each config on its first use,
@@ -38,9 +38,9 @@ PARTS = ("tests", "layers", "models")
 def workload(parts: list[str], tests_k: str = "", only: list[str] | None = None) -> None:
     import torch
 
-    sys.path.insert(0, str(ROOT / "src"))
-    sys.path.insert(0, str(ROOT / "bench"))
-    import gpu_bench
+    from bench import gpu_bench
+    from bench.registry import select
+    from statex import runtime
 
     def stage(name, fn):
         started = time.time()
@@ -58,20 +58,20 @@ def workload(parts: list[str], tests_k: str = "", only: list[str] | None = None)
         stage("tests", lambda: pytest.main(["-q", "-p", "no:cacheprovider", *selection,
                                             "-m", "cuda", str(ROOT / "tests")]))
     if "layers" in parts:
-        for name in gpu_bench.selected(gpu_bench.CASE_NAMES["layers"], only):
-            def layer_case(name=name):
-                gpu_bench.apply_case_settings(name)
-                layer = gpu_bench.build_layer(name)[0].to("cuda", torch.bfloat16)
+        for case in select(["layers"], only):
+            def layer_case(case=case):
+                runtime.configure(**case.settings)
+                layer = gpu_bench.build_layer(case)[0].to("cuda", torch.bfloat16)
                 for batch in LAYER_BATCHES:
                     gpu_bench.layer_step(layer, batch, LAYER_LENGTH)()
-            stage(f"layer {name}", layer_case)
+            stage(f"layer {case.name}", layer_case)
     if "models" in parts:
-        names = dict.fromkeys(gpu_bench.selected(gpu_bench.CASE_NAMES["model"] + gpu_bench.CASE_NAMES["decode"],
-                                                 only))
-        for name in names:
-            def model_case(name=name):
-                gpu_bench.apply_case_settings(name)
-                model = gpu_bench.build_model(name, n_layer=2)
+        # a decode case shares its model with the model case of the same name: warm each model once
+        cases = {case.name: case for case in select(["decode", "model"], only)}
+        for name, case in cases.items():
+            def model_case(case=case):
+                runtime.configure(**case.settings)
+                model = gpu_bench.build_model(case, n_layer=2)
                 gpu_bench.train_step(model.train(), batch=2)()
                 model = model.to(torch.bfloat16).eval()
                 for batch in gpu_bench.DECODE_BATCHES:
@@ -86,13 +86,12 @@ def cache_entries() -> int:
 
 def drive(args) -> int:
     """Start the workers, report progress, stop them at the time limit (statex's own worker driver)."""
-    sys.path.insert(0, str(ROOT / "src"))
     from statex.runtime.prewarm import run_worker_processes
 
     started, before = time.time(), cache_entries()
     logs = Path(args.log_dir)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "STATEX_BACKEND": "fla"}
-    commands = [[sys.executable, __file__, "--worker", f"{index}/{args.workers}", "--parts", ",".join(args.parts),
+    commands = [[sys.executable, "-m", "bench.triton_prewarm", "--worker", f"{index}/{args.workers}", "--parts", ",".join(args.parts),
                  "--tests-k", args.tests_k, "--only", ",".join(args.only)] for index in range(args.workers)]
 
     def report(running: int, elapsed: float) -> None:
@@ -113,7 +112,7 @@ def main(argv=None) -> None:
     parser.add_argument("--limit", type=float, default=300, help="seconds before the workers are stopped")
     parser.add_argument("--log-dir", default="out/prewarm")
     parser.add_argument("--tests-k", default="", help="pytest -k expression selecting the CUDA tests to warm")
-    parser.add_argument("--only", default="", help="benchmark case names to warm (gpu_bench.py --only)")
+    parser.add_argument("--only", default="", help="benchmark case names to warm (bench/registry.py; gpu_bench --only)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # index/count, set by the driver
     args = parser.parse_args(argv)
     args.parts = [p for p in args.parts.split(",") if p]
@@ -124,7 +123,6 @@ def main(argv=None) -> None:
     if args.worker:
         index, count = (int(x) for x in args.worker.split("/"))
         os.environ["FLA_CACHE_RESULTS"] = "0"  # a worker's timings cover only its shard: never store them
-        sys.path.insert(0, str(ROOT / "src"))
         from statex.runtime.autotune import shard_compilation
 
         shard_compilation(index, count)

@@ -1,14 +1,9 @@
-"""The GPU benchmark's reporting (bench/gpu_bench.py runs only on a GPU; its tables and target verdicts are
-plain Python and are checked here on made-up records)."""
-import importlib.util
-import sys
-from pathlib import Path
+"""The benchmarks' registry and reporting (bench/gpu_bench.py runs only on a GPU; its case list, tables and target
+verdicts are plain Python and are checked here on made-up records)."""
+import pytest
 
-BENCH = Path(__file__).parents[2] / "bench"
-sys.path.insert(0, str(BENCH))  # gpu_bench imports its report module as a script run from bench/ does
-spec = importlib.util.spec_from_file_location("gpu_bench", BENCH / "gpu_bench.py")
-gpu_bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(gpu_bench)
+from bench import gpu_bench
+from bench.registry import CASES, find, select
 
 
 def layer(name, T, seconds, flops=100.0, kernel=10.0):
@@ -35,12 +30,22 @@ def test_layer_and_model_targets_are_judged_from_the_numbers():
     assert "0.1%" in text  # 1 TFLOP/s of an 800 TFLOP/s peak
 
 
-def test_case_plan_runs_one_process_per_case_and_filters():
-    assert gpu_bench.plan(["peak", "model"])[:3] == [("peak", "bf16-matmul"), ("model", "gla:original"),
-                                                     ("model", "gla:statex")]
-    assert ("model", "mamba2:statex@own-ssd") in gpu_bench.plan(["model"])
-    assert gpu_bench.plan(["layers", "decode"], ["fla-gla", "mamba2:statex"]) == [
+def test_the_registry_selects_cases_by_part_and_name_and_holds_their_settings_as_fields():
+    names = lambda cases: [(c.part, c.name) for c in cases]  # noqa: E731
+    assert names(select(["peak", "model"]))[:3] == [("peak", "bf16-matmul"), ("model", "gla:original"),
+                                                    ("model", "gla:statex")]
+    assert ("model", "mamba2:statex@own-ssd") in names(select(["model"]))
+    assert names(select(["layers", "decode"], ["fla-gla", "mamba2:statex"])) == [
         ("layers", "fla-gla"), ("decode", "mamba2:statex")]
+    assert find("layers", "statex-mamba2-statex@own-ssd").settings == {"ssd_kernel": "triton",
+                                                                       "chunk_max_value_block": 512}
+    assert find("model", "gla:statex@wide-values").settings["chunk_max_value_block"] == 2048
+    assert find("layers", "statex-mamba2").settings["ssd_kernel"] == "fla"  # as first measured
+    assert len({(c.part, c.name) for c in CASES}) == len(CASES)
+    with pytest.raises(ValueError, match="unknown case"):
+        select(["layers"], ["statex-gla@own-sdd"])
+    with pytest.raises(ValueError, match="unknown part"):
+        select(["layer"])
 
 
 def test_model_flops_count_the_expanded_recurrence():
@@ -69,7 +74,7 @@ def test_own_ssd_targets_are_judged_per_65k_tokens_and_against_the_original_laye
 
 
 def test_multi_gpu_tables_judge_exactness_and_scaling_from_the_numbers():
-    from multi_gpu_report import tables
+    from bench.multi_gpu_report import tables
 
     scale = [{"part": "scale", "model": "gla-1.3b", "seq_len": 16384, "world": n, "wrap": "ddp",
               "tokens_per_s": 1000.0 * n * (1.0 if n < 8 else eff), "peak_memory_gib": 40.0}

@@ -18,8 +18,7 @@ from statex.train import build_param_groups, optim_state
 from statex.train.checkpoint import checkpoint_dirs, load_latest_checkpoint
 from conftest import write_corpus
 
-sys.path.insert(0, str(Path(__file__).parents[2] / "bench"))
-from multi_gpu import worker_pid  # noqa: E402  (the multi-GPU bench kills ranks the same way)
+from bench.multi_gpu import worker_pid  # the multi-GPU bench kills ranks the same way
 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2] / "src"),
                                                     os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
