@@ -32,7 +32,11 @@ def run_tasks(tasks: dict[str, Task], jobs: int | None = None, progress: bool = 
         results = {}
         for name, (function, args) in tasks.items():
             _say(f"{name} ...", started, progress)
-            results[name] = function(*args)
+            try:
+                results[name] = function(*args)
+            except Exception as error:
+                error.add_note(f"in piece {name}")
+                raise
         return results
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
