@@ -101,6 +101,13 @@ def _release_gpu() -> None:
         torch.cuda.empty_cache()
 
 
+def run_pretraining(stages: list[Stage], progress: bool, init: tuple) -> None:
+    """A base's pretraining phases in order; ``init`` makes the first phase's initial weights, each later phase
+    trains the previous one's final model."""
+    for k, stage in enumerate(stages):
+        run_train_stage(stage, progress, init if k == 0 else None)
+
+
 def run_train_stage(stage: Stage, progress: bool, init: tuple | None = None) -> dict[str, Any]:
     """Train (or continue) one stage; ``init``: (config, init options, seed) of a pretrained base's weights."""
     from statex.train import train as train_run
@@ -251,13 +258,19 @@ def run_compare(spec: CompareSpec, out: str | Path, resume: bool = False, jobs: 
             prewarm.prepare(works, progress=progress, limit_s=PREWARM_LIMIT_S_PER_WORKLOAD * len(works))
         ev, data = plan.spec.eval, plan.spec.data
         verbose = progress and (jobs == 1 or (gpu and not jobs))  # stages in this process show their progress bars
-        pretrain = {s.name: (run_train_stage, (s, verbose, (_stage_config(plan, s), spec.families[s.family].base.init,
-                                                            spec.families[s.family].base.seed)))
-                    for s in plan.stages if s.kind == "pretrain" and _finished(s) is None}
+        phases: dict[str, list[Stage]] = {}  # a base's (or reference's) pretraining phases, run in order
+        for s in plan.stages:
+            if s.kind == "pretrain":
+                phases.setdefault(s.piece, []).append(s)
+        pretrain = {piece: (run_pretraining, (stages, verbose, (_stage_config(plan, stages[0]),
+                                                                spec.families[stages[0].family].base.init,
+                                                                spec.families[stages[0].family].base.seed)))
+                    for piece, stages in phases.items() if any(_finished(s) is None for s in stages)}
         # a GPU runs one piece at a time unless asked: several small models can share it
         common = dict(jobs=(jobs or 1) if gpu else jobs, progress=progress, log_dir=out / "logs", started=started)
         if pretrain:
-            run_tasks(pretrain, watch={name: args[0].directory for name, (_, args) in pretrain.items()}, **common)
+            run_tasks(pretrain, watch={name: next(s.directory for s in args[0] if _finished(s) is None)
+                                       for name, (_, args) in pretrain.items()}, **common)
         pieces = {stages[0].piece: stages for stages in plan.pieces()
                   if any(_finished(s) is None for s in stages)}
         tasks = {name: (run_piece, (stages, ev, plan.tokenizer, plan.heldout, data.haystack, plan.device, verbose))

@@ -38,7 +38,8 @@ class Stage:
     @property
     def name(self) -> str:
         seed = "" if self.seed is None else f"/seed{self.seed}"
-        return f"{self.family}/{self.variant}{seed}/{self.kind if self.kind != 'pretrain' else 'train'}"
+        kind = self.directory.name if self.kind == "pretrain" else self.kind  # train, or phase<k> of several
+        return f"{self.family}/{self.variant}{seed}/{kind}"
 
     @property
     def piece(self) -> str:
@@ -198,18 +199,13 @@ def make_plan(spec: CompareSpec, out: str | Path) -> Plan:
         context = fam.context
         references: dict[str, Any] = {}
         if fam.base.model is not None:
-            pre = _budget(fam.base.train, f"families.{name}.base.train")
-            pre_config = _resolve(resolve_config, {**common, **pre, "model": str(root / "base" / "init"),
-                                                   "seed": fam.base.seed, "out": str(root / "base" / "train")},
-                                  f"families.{name}.base.train")
-            context = context or pre_config.seq_len
-            stages.append(Stage("pretrain", name, "base", None, root / "base" / "train", train=pre_config))
+            phases = _pretraining(common, fam.base, f"families.{name}.base")
+            context = context or phases[-1].seq_len
+            stages += _pretrain_stages(name, "base", root, phases)
             base_model = root / "base" / "train" / "final"
             for i, ref in enumerate(fam.references):
                 references[ref.name] = _base_config(spec, name, vocab_size, ref.model, f"references[{i}].model")
-                ref_config = dataclasses.replace(pre_config, model=str(root / ref.name / "init"),
-                                                 out=str(root / ref.name / "train"))
-                stages.append(Stage("pretrain", name, ref.name, None, root / ref.name / "train", train=ref_config))
+                stages += _pretrain_stages(name, ref.name, root, phases)
         else:
             base_model = Path(fam.base.path)
         post = _budget({**spec.train, **fam.train}, f"families.{name}.train")
@@ -259,6 +255,31 @@ def make_plan(spec: CompareSpec, out: str | Path) -> Plan:
 
     check_evaluation(plan)
     return plan
+
+
+def _pretraining(common: dict[str, Any], base, where: str) -> list:
+    """The TrainConfig of each pretraining phase (one without ``phases``); model and out are set per stage."""
+    from statex.train import resolve_config
+
+    configs = []
+    for i, phase in enumerate(base.phases or [{}]):
+        label = f"{where}.phases[{i}]" if base.phases else f"{where}.train"
+        budget = _budget({**base.train, **phase}, label)
+        configs.append(_resolve(resolve_config, {**common, **budget, "model": "init", "seed": base.seed,
+                                                 "out": "train"}, label))
+    return configs
+
+
+def _pretrain_stages(family: str, variant: str, root: Path, phases: list) -> list[Stage]:
+    """One stage per phase: phase k (of n) in OUT/<family>/<variant>/phase<k>, the last in .../train (the model
+    every later stage reads); the first trains the init, each later one the previous phase's final model."""
+    stages, model = [], root / variant / "init"
+    for k, config in enumerate(phases, 1):
+        directory = root / variant / ("train" if k == len(phases) else f"phase{k}")
+        stages.append(Stage("pretrain", family, variant, None, directory,
+                            train=dataclasses.replace(config, model=str(model), out=str(directory))))
+        model = directory / "final"
+    return stages
 
 
 def _resolve(resolve_config, values: dict[str, Any], where: str):

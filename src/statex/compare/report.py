@@ -108,8 +108,8 @@ def _trained_tokens(plan, family: str, timings: dict[str, dict]) -> dict[str, in
         tokens = (timings.get(stage.name) or {}).get("tokens")
         if stage.family != family or stage.train is None or not tokens:
             continue
-        if stage.kind == "pretrain":
-            found[stage.variant] = tokens
+        if stage.kind == "pretrain":  # every phase of it
+            found[stage.variant] = found.get(stage.variant, 0) + tokens
         else:
             post.setdefault(stage.variant, []).append(tokens)
     for variant, values in post.items():
@@ -143,11 +143,12 @@ def _family_section(records, family, plan, timings, plots, extra=()) -> list[str
         params = _values(records, family, v, "params")
         seeds = {r["seed"] for r in records if r["family"] == family and r["variant"] == v}
         mine = {name: t for name, t in timings.items() if name.startswith(f"{family}/{v}/")}
-        train_rows = [t for name, t in mine.items() if name.endswith("/train")]
+        train_rows = [t for name, t in mine.items() if name.rsplit("/", 1)[1] == "train" or "/phase" in name]
         eval_rows = [t for name, t in mine.items() if name.endswith("/eval")]
         speeds = [t["tokens_per_s"] for t in train_rows if t.get("tokens_per_s")]
         speed = f"{round(sum(speeds) / len(speeds)):,}" if speeds else "-"
-        train_min = _fmt(sum(t["seconds"] for t in train_rows) / 60 / len(train_rows), digits=1) if train_rows else "-"
+        runs = len(train_rows) if seeds - {None} else 1  # seeds: the mean run; a pretrained model: all its phases
+        train_min = _fmt(sum(t["seconds"] for t in train_rows) / 60 / runs, digits=1) if train_rows else "-"
         eval_min = _fmt(sum(t["seconds"] for t in eval_rows) / 60 / len(eval_rows), digits=1) if eval_rows else "-"
         lines.append(f"| {v} | {'-' if seeds <= {None} else len(seeds)} | {int(state[0]) if state else 0:,} | "
                      f"{int(params[0]) if params else 0:,} | {_fmt(*mean_ci(heldout_loss(records, family, v)), 4)} | "

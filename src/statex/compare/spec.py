@@ -44,12 +44,16 @@ BUDGET_EXTRAS = ("min_lr_ratio", "warmup_fraction", "checkpoints")
 class BaseSpec:
     """A family's base: an existing checkpoint (``path``), or one pretrained by the comparison itself (``model``:
     keyword arguments of gla_config / mamba2_config with ``model_type``; ``init``: departures from the default
-    init, see ``statex.models.init``; ``train``: its pretraining, TrainConfig fields and budget extras)."""
+    init, see ``statex.models.init``; ``train``: its pretraining, TrainConfig fields and budget extras).
+    ``phases``: pretraining in that many runs one after another, each starting from the one before's final model
+    (the first from the init); each phase's settings are ``train`` with the phase's fields over it (e.g. a recall
+    curriculum first, then text with recall kept)."""
 
     path: str | None = None
     model: dict | None = None
     init: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
+    phases: list = field(default_factory=list)
     seed: int = 0
 
 

@@ -31,8 +31,15 @@ def validate_spec(spec: CompareSpec) -> CompareSpec:
         base = fam.base
         if (base.path is None) == (base.model is None):
             raise StatexError(f"{where}.base: give exactly one of a checkpoint path or a model to pretrain")
-        if base.path is not None and (base.init or base.train):
-            raise StatexError(f"{where}.base: init and train belong to a pretrained base (model), not a path")
+        if base.path is not None and (base.init or base.train or base.phases):
+            raise StatexError(f"{where}.base: init, train and phases belong to a pretrained base (model), not a path")
+        for i, phase in enumerate(base.phases):
+            if not isinstance(phase, dict) or not phase:
+                raise StatexError(f"{where}.base.phases[{i}]: a mapping of training settings over base.train, got "
+                                  f"{short_repr(phase)}")
+            for key in phase:
+                if key in ("model", "init", "out", "resume", "expand_layers", "mode"):
+                    raise StatexError(f"{where}.base.phases[{i}].{key}: set by the comparison itself")
         if base.model is not None:
             if base.model.get("model_type") not in ("gla", "mamba2"):
                 raise StatexError(f"{where}.base.model.model_type must be gla or mamba2, got "
