@@ -9,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 import statex
 from statex.expand import DEFAULT_MODE, GLA_MODES, MAMBA2_MODES
 from statex.cli_support import (add_device_flags, check_seed, check_vocab, device_from_flag,
@@ -344,9 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("statex: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:
-        if type(exc).__name__ != "OutOfMemoryError":  # torch.OutOfMemoryError: the GPU's memory, not the request
-            raise
+    except torch.OutOfMemoryError as exc:  # the GPU's memory, not the request
         where = "".join(f" {note}" for note in getattr(exc, "__notes__", []))
         print(f"statex: error: out of GPU memory{where}: {_one_line(exc).split('. ')[0]}; use a smaller batch or "
               "fewer --jobs side by side, then continue a stopped run with --resume", file=sys.stderr)

@@ -258,14 +258,10 @@ def run_compare(spec: CompareSpec, out: str | Path, resume: bool = False, jobs: 
             prewarm.prepare(works, progress=progress, limit_s=PREWARM_LIMIT_S_PER_WORKLOAD * len(works))
         ev, data = plan.spec.eval, plan.spec.data
         verbose = progress and (jobs == 1 or (gpu and not jobs))  # stages in this process show their progress bars
-        phases: dict[str, list[Stage]] = {}  # a base's (or reference's) pretraining phases, run in order
-        for s in plan.stages:
-            if s.kind == "pretrain":
-                phases.setdefault(s.piece, []).append(s)
-        pretrain = {piece: (run_pretraining, (stages, verbose, (_stage_config(plan, stages[0]),
-                                                                spec.families[stages[0].family].base.init,
-                                                                spec.families[stages[0].family].base.seed)))
-                    for piece, stages in phases.items() if any(_finished(s) is None for s in stages)}
+        pretrain = {stages[0].piece: (run_pretraining, (stages, verbose, (_stage_config(plan, stages[0]),
+                                                                          spec.families[stages[0].family].base.init,
+                                                                          spec.families[stages[0].family].base.seed)))
+                    for stages in plan.pretraining() if any(_finished(s) is None for s in stages)}
         # a GPU runs one piece at a time unless asked: several small models can share it
         common = dict(jobs=(jobs or 1) if gpu else jobs, progress=progress, log_dir=out / "logs", started=started)
         if pretrain:

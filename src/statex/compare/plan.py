@@ -81,6 +81,14 @@ class Plan:
     families: dict[str, FamilyPlan]
     stages: list[Stage]
 
+    def pretraining(self) -> list[list[Stage]]:
+        """Each pretrained model's (base or reference) pretraining stages, its phases in the order they run."""
+        grouped: dict[str, list[Stage]] = {}
+        for stage in self.stages:
+            if stage.kind == "pretrain":
+                grouped.setdefault(stage.piece, []).append(stage)
+        return list(grouped.values())
+
     def pieces(self) -> list[list[Stage]]:
         """The post-training and evaluation stages grouped into independent pieces: [train, eval] for a variant
         and seed, in the spec's family order, seeds outermost within a family; then [eval] for each base, the
