@@ -154,6 +154,8 @@ _TRAIN_HELP = {
     "loss_average": "tokens (mean over labelled tokens) | sequences (each sequence counts equally: use it when "
                     "mixing synthetic sequences that label only their answers)",
     "heldout_sequences": "sequences held out of training for the held-out loss (default 16)",
+    "probe_sequences": "fresh sequences per synthetic source at every evaluation, for its loss and answer "
+                       "accuracy in metrics.jsonl (default 32; 0: none)",
     "batch_size": "sequences per process per micro-step",
     "schedule": "cosine | constant | wsd",
     "precision": "fp32 | bf16 (autocast, fp32 master weights) | pure-bf16 (the reference code's)",

@@ -60,3 +60,11 @@ def test_a_later_phase_continues_from_the_earlier_ones_model(tmp_path):
     assert any(not torch.equal(init[k], first[k]) for k in init)  # phase 1 trained the init
     for k in first:  # phase 2 started from phase 1's model (lr 1e-9 leaves it where it was)
         torch.testing.assert_close(last[k], first[k], rtol=0, atol=1e-6)
+    # each pretraining stage records its synthetic sources at its end, and the report prints them
+    for name in ("gla/base/phase1", "gla/base/train"):
+        probes = stages[name]["probes"]
+        assert list(probes) == ["mqar 4-32 pairs T=64"]
+        assert 0 <= probes["mqar 4-32 pairs T=64"]["accuracy"] <= 1
+        assert f"| {name} | mqar 4-32 pairs T=64 | " in (out / "report.md").read_text()
+    assert "probes" in stages["gla/lpt/seed0/train"]  # post-training records them too; the report shows pretraining's
+    assert "| gla/lpt/seed0/train | mqar" not in (out / "report.md").read_text()

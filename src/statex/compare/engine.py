@@ -131,9 +131,11 @@ def run_train_stage(stage: Stage, progress: bool, init: tuple | None = None) -> 
     summary = train_run(config)
     if summary.get("stopped"):
         raise StatexError(f"{stage.name} stopped at step {summary['steps']} with a checkpoint; continue with --resume")
+    probes = [r["probes"] for r in _metric_rows(stage.directory) if isinstance(r.get("probes"), dict)]
     record = {"seconds": round(time.time() - begun, 1), "tokens": _trained_tokens(stage.directory) or stage.tokens,
               "tokens_per_s": _tokens_per_s(stage.directory), "resumed": resume,
-              "final_loss": summary.get("final_loss"), "heldout_loss": summary.get("heldout_loss")}
+              "final_loss": summary.get("final_loss"), "heldout_loss": summary.get("heldout_loss"),
+              **({"probes": probes[-1]} if probes else {})}
     from statex.strict_json import dumps_strict
 
     write_atomic(stage.directory / STAGE_RECORD, dumps_strict(record, indent=1) + "\n")

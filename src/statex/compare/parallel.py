@@ -95,7 +95,7 @@ def _progress_of(name: str, run: Path | None) -> str:
     try:
         lines = (Path(run) / "metrics.jsonl").read_text().splitlines()
         config = json.loads((Path(run) / "train_config.json").read_text())
-        last = next(json.loads(x) for x in reversed(lines) if '"loss"' in x)
+        last = next(row for row in map(json.loads, reversed(lines)) if "loss" in row)
         return f"{name} step {last['step']}/{config['steps']} loss {last['loss']:.3f}"
     except (OSError, StopIteration, ValueError, KeyError):
         return name

@@ -117,6 +117,21 @@ def _trained_tokens(plan, family: str, timings: dict[str, dict]) -> dict[str, in
     return found
 
 
+def _probe_lines(plan, family: str, timings: dict[str, dict]) -> list[str]:
+    """Each pretraining stage's synthetic sources at its last evaluation (the trainer's probes): whether the
+    pretrained models learned the recall they were taught."""
+    rows = []
+    for stage in plan.stages if plan is not None else []:
+        probes = (timings.get(stage.name) or {}).get("probes") or {}
+        if stage.family == family and stage.kind == "pretrain":
+            rows += [f"| {stage.name} | {source} | {v['loss']:.3f} | {v['accuracy']:.3f} |" for source, v in probes.items()]
+    if not rows:
+        return []
+    return ["", "Pretraining's synthetic sources at each stage's end (fresh sequences of each source alone; accuracy: "
+            "the labelled tokens predicted exactly):", "", "| stage | source | loss | accuracy |", "|---|---|---|---|",
+            *rows]
+
+
 def _family_section(records, family, plan, timings, plots, extra=()) -> list[str]:
     variants = _variants(records, family)
     fam = plan.families.get(family) if plan is not None else None
@@ -153,6 +168,7 @@ def _family_section(records, family, plan, timings, plots, extra=()) -> list[str
         lines.append(f"| {v} | {'-' if seeds <= {None} else len(seeds)} | {int(state[0]) if state else 0:,} | "
                      f"{int(params[0]) if params else 0:,} | {_fmt(*mean_ci(heldout_loss(records, family, v)), 4)} | "
                      f"{speed} | {train_min} | {eval_min} |")
+    lines += _probe_lines(plan, family, timings)
     base = mqar_cells(records, family, "base")
     if base:
         threshold = plan.spec.verdict.capacity_threshold if plan is not None else 0.9

@@ -38,6 +38,7 @@ class TrainConfig:
     text_loss_weight: float = 1.0  # the text tokens' weight in the loss (each synthetic source has its own)
     loss_average: str = "tokens"  # tokens: mean over labelled tokens; sequences: mean of per-sequence means
     heldout_sequences: int = 16
+    probe_sequences: int = 32  # per synthetic source, at every evaluation: its loss and answer accuracy
     state_passing: float = 0.0  # probability that a micro-batch starts from the previous one's final state
     # optimisation
     seq_len: int = 2048
@@ -93,8 +94,10 @@ class TrainConfig:
         for name in ("seq_len", "batch_size", "grad_accum", "steps", "save_every", "keep", "log_every"):
             if getattr(self, name) < 1:
                 raise StatexError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.warmup < 0 or self.heldout_sequences < 0 or self.eval_every < 0 or self.max_skips < 0:
-            raise StatexError("--warmup, --heldout-sequences, --eval-every and --max-skips must be >= 0")
+        if (self.warmup < 0 or self.heldout_sequences < 0 or self.probe_sequences < 0 or self.eval_every < 0
+                or self.max_skips < 0):
+            raise StatexError("--warmup, --heldout-sequences, --probe-sequences, --eval-every and --max-skips must "
+                              "be >= 0")
         if self.threads is not None and self.threads < 1:
             raise StatexError(f"--threads must be >= 1, got {self.threads}")
         for name in ("seed", "expand_seed"):

@@ -22,7 +22,7 @@ from statex.errors import StatexError
 from statex.files import write_atomic
 from statex.locks import RunLock
 from statex.strict_json import dumps_strict
-from statex.train import distributed, optim_state
+from statex.train import distributed, heldout, optim_state
 from statex.train.checkpoint import checkpoint_dirs, load_latest_checkpoint, rng_state, save_checkpoint, set_rng_state
 from statex.train.config import TrainConfig, check_resumable
 from statex.train.preflight import check_request
@@ -184,7 +184,8 @@ class _Run:
         if self.env.local_rank != 0:
             return None
         work = prewarm.Workload(model_config.to_dict(), config.batch_size, config.seq_len, train=True,
-                                forward=config.heldout_sequences > 0, precision=config.precision)
+                                forward=config.heldout_sequences > 0 or config.probe_sequences > 0,
+                                precision=config.precision)
         return prewarm.begin(work, config.autotune, progress=config.progress)
 
     def _finish_kernels(self, handle) -> None:
@@ -250,6 +251,9 @@ class _Run:
                     if heldout is not None:
                         self._log({"step": self.step, "heldout_loss": heldout,
                                    "heldout_ppl": math.exp(min(heldout, 50.0))})
+                    probes = self.source_probes()
+                    if probes:
+                        self._log({"step": self.step, "probes": probes})
                 if self.step % config.save_every == 0 or last:
                     self.save()
                 saved = self.step % config.save_every == 0 or last
@@ -320,39 +324,21 @@ class _Run:
         out = self.wrapped(ids, state=initial, use_cache=self.passing.enabled)
         return weighted_loss(out.logits, labels, weights, self.config.loss_average), out.state
 
-    @torch.no_grad()
+    def _forward_logits(self, ids: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            return self.wrapped(ids).logits
+
     def heldout_loss(self) -> float | None:
-        """Mean next-token loss over the held-out sequences (text data), or over as many synthetic sequences
-        drawn from a separate stream when the run has no text."""
-        config, env = self.config, self.env
-        count = config.heldout_sequences
-        if count == 0:
-            return None
-        packed = self.stream.data
-        if packed is not None:
-            count = min(count, packed.heldout_sequences)
-        else:
-            held = TrainStream(None, config.seq_len, config.seed + 7_919, self.tokenizer, self.stream.synthetic)
-        self.model.eval()
-        loss_sum = tokens = 0.0
-        for start in range(env.rank * config.batch_size, count, env.world * config.batch_size):
-            indices = range(start, min(start + config.batch_size, count))
-            if packed is not None:
-                ids = torch.stack([packed.heldout(i) for i in indices])
-                labels = ids.clone()
-            else:
-                ids, labels = held.batch(start, len(indices))
-            ids, labels = ids.to(env.device), labels.to(env.device)
-            with self._autocast():
-                logits = self.wrapped(ids).logits.float()
-            targets = labels[:, 1:]
-            losses = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(),
-                                                       ignore_index=-100, reduction="sum")
-            loss_sum += float(losses)
-            tokens += float((targets != -100).sum())
-        self.model.train()
-        loss_sum, tokens = env.sum(loss_sum, tokens)
-        return loss_sum / tokens if tokens else None
+        """Mean next-token loss over the held-out sequences (train/heldout.py)."""
+        config = self.config
+        return heldout.heldout_loss(self.model, self._forward_logits, self.stream, config.heldout_sequences,
+                                    config.seq_len, config.seed, config.batch_size, self.env)
+
+    def source_probes(self) -> dict[str, dict[str, Any]]:
+        """Loss and exact-answer accuracy per synthetic source on fresh sequences (train/heldout.py)."""
+        config = self.config
+        return heldout.source_probes(self.model, self._forward_logits, self.stream, config.probe_sequences,
+                                     config.seq_len, config.seed, config.batch_size, self.env)
 
     # ---- bookkeeping -------------------------------------------------------------------------------------------
 
@@ -365,6 +351,9 @@ class _Run:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):
                     self.writer.add_scalar(key, value, record["step"])
+            for label, values in record.get("probes", {}).items():
+                for name in ("loss", "accuracy"):
+                    self.writer.add_scalar(f"probe/{label}/{name}", values[name], record["step"])
 
     def _unwrapped_for_save(self):
         if not self.config.fsdp or not self.env.enabled:
