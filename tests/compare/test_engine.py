@@ -96,6 +96,9 @@ def test_a_run_killed_mid_stage_resumes_to_the_same_results(finished, corpus, tm
     assert not (out / "results.json").exists()
     assert main(_argv(out, corpus, "--jobs", "1", "--resume")) == 0
     assert json.loads((out / "results.json").read_text()) == json.loads((reference / "results.json").read_text())
+    # the resumed stage's time includes what its killed invocation spent up to the checkpoint it continued
+    record = json.loads((out / "stages.json").read_text())["gla/lpt/seed0/train"]
+    assert record["resumed"] and 0 < record["earlier_seconds"] <= record["seconds"]
 
 
 def test_more_seeds_on_resume_runs_only_the_new_pieces(finished, corpus, tmp_path):

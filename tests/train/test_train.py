@@ -72,16 +72,24 @@ def test_train_writes_final_model_metrics_and_checkpoints(setup):
 
 def test_resume_is_bit_identical(setup):
     statex.train(options(setup, out=str(setup / "straight"), steps=16))
-    stopped = statex.train(options(setup, out=str(setup / "pieces"), steps=16, stop_at_step=10))
+    stopped = statex.train(options(setup, out=str(setup / "pieces"), steps=16, stop_at_step=10, keep=5))
     assert stopped["stopped"] and stopped["steps"] == 10
     assert not (setup / "pieces" / "final").exists()
-    resumed = statex.train(options(setup, out=str(setup / "pieces"), steps=16, resume=True))
+    resumed = statex.train(options(setup, out=str(setup / "pieces"), steps=16, resume=True, keep=5))
     assert resumed["steps"] == 16
     a = statex.load_model(setup / "straight" / "final").state_dict()
     b = statex.load_model(setup / "pieces" / "final").state_dict()
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert metrics(setup / "straight") == metrics(setup / "pieces")
+    # the run's time goes on across the resume: the checkpoint keeps it and the resumed records continue it
+    rows = [json.loads(x) for x in (setup / "pieces" / "metrics.jsonl").read_text().splitlines()]
+    seconds = [r["seconds"] for r in rows]
+    assert all(isinstance(x, float) and x > 0 for x in seconds) and seconds == sorted(seconds)
+    saved = torch.load(setup / "pieces" / "checkpoints" / "step-00000010" / "trainer.pt", weights_only=True)
+    before = max(r["seconds"] for r in rows if r["step"] <= 10)
+    after = min(r["seconds"] for r in rows if r["step"] > 10)
+    assert before <= saved["seconds"] <= after
 
 
 def test_refuses_an_out_dir_of_another_run(setup):

@@ -112,6 +112,7 @@ class _Run:
         self.optimizer = torch.optim.AdamW(build_param_groups(self.model, config.weight_decay), lr=config.lr,
                                            betas=(config.beta1, config.beta2), eps=config.eps)
         self.step, self.position, self.tokens = 0, 0, 0
+        self.seconds, self._clock_mark = 0.0, time.perf_counter()  # the run's time over all its invocations
         self.sequences_per_step = env.world * config.batch_size * config.grad_accum
         self.passing = StatePassing(config.state_passing, config.seed)
         if state is not None:
@@ -120,6 +121,7 @@ class _Run:
             self.step, self.position = state["step"], state["data_position"]
             # checkpoints written before mixed lengths existed: every step had seq_len tokens per sequence
             self.tokens = state.get("tokens", self.step * self.sequences_per_step * config.seq_len)
+            self.seconds = state.get("seconds", 0.0)
             self.passing.load(state.get("carried_state"), self.model, env.device)
             if env.main:
                 print(f"resumed from {loaded[2]} at step {self.step}")
@@ -207,6 +209,7 @@ class _Run:
         window_start, window_tokens = time.perf_counter(), 0
         skipped, last_loss, heldout = 0, float("nan"), None
         first_step = self.step + 1
+        self._clock_mark = time.perf_counter()
         try:
             while self.step < config.steps:
                 loss, grad_norm, lr, step_tokens = self._train_step()
@@ -342,7 +345,15 @@ class _Run:
 
     # ---- bookkeeping -------------------------------------------------------------------------------------------
 
+    def _clock(self) -> float:
+        """Seconds this run has spent up to now, earlier invocations included (steps redone after a resume
+        counted once)."""
+        now = time.perf_counter()
+        self.seconds, self._clock_mark = self.seconds + now - self._clock_mark, now
+        return self.seconds
+
     def _log(self, record: dict[str, Any]) -> None:
+        record = {**record, "seconds": round(self._clock(), 3)}
         if not self.env.main:
             return
         with self.metrics_path.open("a") as handle:
@@ -378,8 +389,8 @@ class _Run:
         model = self._unwrapped_for_save()
         optimizer = self._optimizer_state()
         if self.env.main:
-            state = {"step": self.step, "data_position": self.position, "tokens": self.tokens, "optimizer": optimizer,
-                     "rng": rng_state(), "config": self.config.to_dict(), "world_size": self.env.world,
+            state = {"step": self.step, "data_position": self.position, "tokens": self.tokens,
+                     "seconds": self._clock(), "optimizer": optimizer, "rng": rng_state(), "config": self.config.to_dict(), "world_size": self.env.world,
                      "carried_state": self.passing.state_dict()}
             save_checkpoint(self.out, self.step, model, state, self.config.keep)
         self.env.barrier()
