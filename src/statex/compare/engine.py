@@ -87,10 +87,10 @@ def _trained_tokens(run: Path) -> int | None:
 def _seconds_before(run: Path) -> float:
     """The time a run had spent up to its latest checkpoint (the trainer's ``seconds`` in its metrics, which a
     resumed run continues): what a resumed stage adds to its own invocation's time."""
-    from statex.train.checkpoint import checkpoint_dirs
+    from statex.train.checkpoint import checkpoint_dirs, checkpoint_step
 
     saved = checkpoint_dirs(run)
-    step = int(saved[-1].name.rsplit("-", 1)[1]) if saved else 0
+    step = checkpoint_step(saved[-1]) if saved else 0
     times = [r["seconds"] for r in _metric_rows(run) if isinstance(r.get("seconds"), (int, float))
              and isinstance(r.get("step"), int) and r["step"] <= step]
     return max(times, default=0.0)
@@ -144,14 +144,15 @@ def run_train_stage(stage: Stage, progress: bool, init: tuple | None = None) -> 
     summary = train_run(config)
     if summary.get("stopped"):
         raise StatexError(f"{stage.name} stopped at step {summary['steps']} with a checkpoint; continue with --resume")
-    probes = [r["probes"] for r in _metric_rows(stage.directory) if isinstance(r.get("probes"), dict)]
+    probes = next((r["probes"] for r in reversed(_metric_rows(stage.directory)) if isinstance(r.get("probes"), dict)),
+                  None)
     # seconds: the whole stage, a resumed one's earlier invocations included (up to the checkpoint it continued)
     record = {"seconds": round(time.time() - begun + earlier, 1),
               "tokens": _trained_tokens(stage.directory) or stage.tokens,
               "tokens_per_s": _tokens_per_s(stage.directory), "resumed": resume,
               **({"earlier_seconds": round(earlier, 1)} if resume else {}),
               "final_loss": summary.get("final_loss"), "heldout_loss": summary.get("heldout_loss"),
-              **({"probes": probes[-1]} if probes else {})}
+              **({"probes": probes} if probes else {})}
     from statex.strict_json import dumps_strict
 
     write_atomic(stage.directory / STAGE_RECORD, dumps_strict(record, indent=1) + "\n")

@@ -27,7 +27,12 @@ def checkpoint_dirs(out: str | Path) -> list[Path]:
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+    return sorted(found, key=checkpoint_step)
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step a checkpoint directory (one of ``checkpoint_dirs``) was written at."""
+    return int(path.name[len(PREFIX):])
 
 
 def rng_state() -> dict[str, Any]:

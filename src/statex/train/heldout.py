@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections import Counter
 from typing import Any, Callable, Iterator
 
 import torch
@@ -29,11 +30,10 @@ def source_labels(sources: list[SyntheticSource], seq_len: int) -> list[str]:
         pairs = f" {source.num_pairs[0]}-{source.num_pairs[1]} pairs" if source.kind == "mqar" else ""
         weight = f" x{source.loss_weight:g}" if source.loss_weight != 1 else ""
         names.append(f"{source.kind}{pairs} T={length}{weight}")
-    counts = {name: names.count(name) for name in names}
-    seen: dict[str, int] = {}
+    counts, seen = Counter(names), Counter()
     unique = []
     for name in names:
-        seen[name] = seen.get(name, 0) + 1
+        seen[name] += 1
         unique.append(f"{name} #{seen[name]}" if counts[name] > 1 else name)
     return unique
 

@@ -112,7 +112,7 @@ class _Run:
         self.optimizer = torch.optim.AdamW(build_param_groups(self.model, config.weight_decay), lr=config.lr,
                                            betas=(config.beta1, config.beta2), eps=config.eps)
         self.step, self.position, self.tokens = 0, 0, 0
-        self.seconds, self._clock_mark = 0.0, time.perf_counter()  # the run's time over all its invocations
+        self.seconds = 0.0  # the run's time over all its invocations (_clock)
         self.sequences_per_step = env.world * config.batch_size * config.grad_accum
         self.passing = StatePassing(config.state_passing, config.seed)
         if state is not None:
