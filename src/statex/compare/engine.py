@@ -15,6 +15,7 @@ from typing import Any
 from statex.compare.plan import Plan, Stage, make_plan
 from statex.compare.spec import CompareSpec, changed_field
 from statex.errors import StatexError
+from statex.runtime import machine
 
 SPEC_RECORD = "spec.json"
 STAGE_RECORD = "stage.json"
@@ -147,7 +148,7 @@ def run_train_stage(stage: Stage, progress: bool, init: tuple | None = None) -> 
     probes = next((r["probes"] for r in reversed(_metric_rows(stage.directory)) if isinstance(r.get("probes"), dict)),
                   None)
     # seconds: the whole stage, a resumed one's earlier invocations included (up to the checkpoint it continued)
-    record = {"seconds": round(time.time() - begun + earlier, 1),
+    record = {"seconds": round(time.time() - begun + earlier, 1), "machine": machine.describe(stage.train.device),
               "tokens": _trained_tokens(stage.directory) or stage.tokens,
               "tokens_per_s": _tokens_per_s(stage.directory), "resumed": resume,
               **({"earlier_seconds": round(earlier, 1)} if resume else {}),
@@ -174,8 +175,8 @@ def run_eval_stage(stage: Stage, ev, tokenizer: str, heldout: str | None, haysta
     tokens = prompt_tokens(rows)
     stage.directory.mkdir(parents=True, exist_ok=True)
     write_atomic(stage.directory / "records.json", dumps_strict(rows, indent=1) + "\n")
-    record = {"seconds": round(seconds, 1), "tokens": tokens, "tokens_per_s": round(tokens / max(seconds, 1e-9)),
-              "parts": parts}
+    record = {"seconds": round(seconds, 1), "machine": machine.describe(device), "tokens": tokens,
+              "tokens_per_s": round(tokens / max(seconds, 1e-9)), "parts": parts}
     write_atomic(stage.directory / STAGE_RECORD, json.dumps(record, indent=1) + "\n")
     return record
 

@@ -27,6 +27,12 @@ def task_requests(ev: EvalSpec, lengths: dict[str, list[int]], heldout: str | No
         requests["mqar"] = (["mqar"], {**common, "n": ev.mqar.n, "batch_size": ev.mqar.batch_size,
                                        "mqar_lengths": lengths["mqar"], "pairs": list(ev.mqar.pairs),
                                        "mqar_keys": ev.mqar.keys})
+    if ev.mqar_layers is not None:  # on the key range the models were evaluated on unless it names its own
+        keys = ev.mqar_layers.keys if ev.mqar_layers.keys is not None else ev.mqar.keys if ev.mqar else None
+        requests["mqar_layers"] = (["mqar_layers"], {**common, "n": ev.mqar_layers.n,
+                                                     "batch_size": ev.mqar_layers.batch_size,
+                                                     "mqar_lengths": lengths["mqar_layers"],
+                                                     "pairs": list(ev.mqar_layers.pairs), "mqar_keys": keys})
     if ev.passkey is not None:
         requests["passkey"] = (["passkey"], {**common, "n": ev.passkey.n, "lengths": lengths["passkey"],
                                              "depths": list(ev.passkey.depths)})
@@ -85,6 +91,9 @@ def prompt_tokens(records: list[dict[str, Any]]) -> int:
             continue
         if r["task"] in ("mqar", "passkey", "passkey_forced") or r["task"].startswith("niah"):
             total += r["n"] * length
+        elif r["task"] == "mqar_layers":  # the pairs read once per sequence, the queries once per ablation
+            pairs = 2 * r["params"]["pairs"]
+            total += r["n"] * ((length - pairs) + (pairs if r["params"]["mode"] == "intact" else 0))
         elif r["task"] == "ppl" and r["metric"] == "loss" and r["setting"].endswith(" all"):
             total += r["n"]  # the tokens scored
     return total

@@ -238,7 +238,7 @@ def make_plan(spec: CompareSpec, out: str | Path) -> Plan:
                                        keep_attn_norm=v.keep_attn_norm, keep_ssm_params=v.keep_ssm_params,
                                        dt_init=v.dt_init)
         ev = spec.eval
-        lengths = {t: _lengths(getattr(ev, t), context, post_len) for t in ("mqar", "passkey", "niah")
+        lengths = {t: _lengths(getattr(ev, t), context, post_len) for t in ("mqar", "mqar_layers", "passkey", "niah")
                    if getattr(ev, t) is not None}
         if ev.ppl is not None:
             lengths["ppl"] = [{"base": context, "post": post_len}.get(ev.ppl.length, ev.ppl.length)]

@@ -100,6 +100,28 @@ def _needle_lines(records, family: str, variants: list[str]) -> list[str]:
     return lines
 
 
+def _layer_lines(records, family: str, variants: list[str]) -> list[str]:
+    """The mqar_layers task per cell: MQAR accuracy with no state reset after the pairs, each layer's reset
+    ("reset" / "only" that layer kept), and every layer's, per variant (means over seeds)."""
+    rows = [r for r in records if r["family"] == family and r["task"] == "mqar_layers"]
+    lines = []
+    for length, pairs in sorted({(r["params"]["length"], r["params"]["pairs"]) for r in rows}):
+        def cell(v, mode, layer=None):
+            return _fmt(mean_ci(_values(rows, family, v, "mqar_layers", length=length, pairs=pairs, mode=mode,
+                                        layer=layer))[0])
+
+        layers = sorted({r["params"]["layer"] for r in rows if r["params"]["layer"] is not None})
+        lines += ["", f"Which layers carry the pairs: MQAR at length {length} with {pairs} pairs, the state after the "
+                  "pairs kept whole, with one layer's emptied / with only that layer's kept, and with every layer's "
+                  "emptied (mean over seeds; statex eval's mqar_layers task):", "",
+                  "| state after the pairs | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants),
+                  "| kept whole | " + " | ".join(cell(v, "intact") for v in variants) + " |"]
+        lines += [f"| layer {i} emptied / only kept | " + " | ".join(f"{cell(v, 'reset', i)} / {cell(v, 'only', i)}"
+                                                                 for v in variants) + " |" for i in layers]
+        lines.append("| all emptied | " + " | ".join(cell(v, "all") for v in variants) + " |")
+    return lines
+
+
 def _trained_tokens(plan, family: str, timings: dict[str, dict]) -> dict[str, int]:
     """Model -> tokens trained in all: a from-scratch model its pretraining, a post-trained variant its base's
     pretraining plus its own post-training (the mean over seeds)."""
@@ -132,6 +154,31 @@ def _probe_lines(plan, family: str, timings: dict[str, dict]) -> list[str]:
             *rows]
 
 
+def _post_tokens(plan, family: str, timings: dict[str, dict], train) -> str:
+    """'7,593,984-8,196,096 tokens as read' from the finished post-training stages; the most the budget can read
+    (every sequence at full length) when none has finished."""
+    read = sorted(t["tokens"] for s in plan.stages if s.family == family and s.kind == "train"
+                  and (t := timings.get(s.name) or {}).get("tokens"))
+    if not read:
+        return f"at most {train.steps * train.batch_size * train.seq_len:,} tokens"
+    span = f"{read[0]:,}" if read[0] == read[-1] else f"{read[0]:,}-{read[-1]:,}"
+    return f"{span} tokens as read"
+
+
+def machines_line(timings: dict[str, dict], device: str) -> str:
+    """The machines the stages ran on, most stages first ('NVIDIA H100 80GB HBM3 (torch 2.11.0, ...)'); the
+    device kind alone for stages recorded before machines were."""
+    from collections import Counter
+
+    from statex.runtime.machine import summary
+
+    seen = Counter(summary(t["machine"]) for t in timings.values() if t and isinstance(t.get("machine"), dict))
+    if not seen:
+        return device
+    names = [name for name, _ in seen.most_common()]
+    return names[0] if len(names) == 1 else f"{names[0]}; some stages on {', '.join(names[1:])} (see Stages)"
+
+
 def _family_section(records, family, plan, timings, plots, extra=()) -> list[str]:
     variants = _variants(records, family)
     fam = plan.families.get(family) if plan is not None else None
@@ -142,8 +189,8 @@ def _family_section(records, family, plan, timings, plots, extra=()) -> list[str
         own = {v.label: v.train for v in plan.spec.families[family].variants}
         origin = f"`{base.path}`" if base.path else f"pretrained here ({plan.spec.families[family].base.model})"
         lines += [f"Base: {origin}, context {fam.context}. "
-                  + (f"Post-training (every variant alike): {train.steps} steps of {train.batch_size} x "
-                     f"{train.seq_len} tokens ({train.steps * train.batch_size * train.seq_len:,}), lr {train.lr:g} "
+                  + (f"Post-training (every variant alike): {train.steps} steps of {train.batch_size} sequences of "
+                     f"up to {train.seq_len} tokens ({_post_tokens(plan, family, timings, train)}), lr {train.lr:g} "
                      f"({train.schedule}), {train.precision}. " if train is not None else "")
                   + "Variants: " + "; ".join(
                       f"{label} " + (", ".join(f"{k} {v}" for k, v in exp.items() if k in (
@@ -181,6 +228,7 @@ def _family_section(records, family, plan, timings, plots, extra=()) -> list[str
             mark = "*" if base[(length, pairs)] < threshold else ""
             lines.append(f"| {length} | {pairs}{mark} | " + " | ".join(row) + " |")
     lines += list(extra)
+    lines += _layer_lines(records, family, variants)
     lines += _needle_lines(records, family, variants)
     for key, path in plots.items():
         lines += ["", f"![{family} {key}]({path.relative_to(plan.out if plan else path.parent)})"]
@@ -203,7 +251,7 @@ def write_report(out: Path, records: list[dict[str, Any]], plan, timings: dict[s
     seeds = plan.spec.seed_list
     needles = [t for t in NEEDLE_TASKS if any(v["needle_gain"].get(t) is not None for v in found)]
     lines = [f"# {plan.spec.name}", "", f"Command: `{command}`; {elapsed / 60:.1f} minutes in this invocation, on "
-             f"{plan.device}. Seeds {', '.join(map(str, seeds))}: within a family every variant is post-trained from "
+             f"{machines_line(timings, plan.device)}. Seeds {', '.join(map(str, seeds))}: within a family every variant is post-trained from "
              "the same base with the same budget, and seed s gives every variant the same data order.", "",
              "## Verdicts", "",
              f"Rule: the cells past the base's capacity are the MQAR cells where the base scores below "
@@ -245,12 +293,23 @@ def write_report(out: Path, records: list[dict[str, Any]], plan, timings: dict[s
             plots[family].update(make_plots(means, out / family))
         lines += _family_section(records, family, plan, timings, plots[family],
                                  reference_lines(studies[family]) if family in studies else [])
-    lines += ["## Stages", "", "| stage | minutes | tokens | tokens/s |", "|---|---|---|---|"]
-    for name, t in timings.items():
-        lines.append(f"| {name} | {t['seconds'] / 60:.2f} | {t.get('tokens', 0):,} | "
-                     f"{round(t['tokens_per_s']):,} |" if t.get("tokens_per_s") else
-                     f"| {name} | {t['seconds'] / 60:.2f} | {t.get('tokens', 0):,} | - |")
+    lines += _stage_lines(timings)
     lines += ["", "## Spec (resolved)", "", "```json", json.dumps(plan.spec.to_dict(), indent=1), "```", ""]
     write_atomic(out / "report.md", "\n".join(lines) + "\n")
     return {"records": records, "verdicts": found, "out": str(out), "references": studies,
             "plots": {f: {k: str(p) for k, p in v.items()} for f, v in plots.items()}}
+
+
+def _stage_lines(timings: dict[str, dict]) -> list[str]:
+    """The Stages table; a machine column only when the stages ran on more than one machine."""
+    from statex.runtime.machine import summary
+
+    where = {name: summary(t["machine"]) if isinstance(t.get("machine"), dict) else "-" for name, t in timings.items()}
+    several = len(set(where.values()) - {"-"}) > 1
+    lines = ["## Stages", "", "| stage | minutes | tokens | tokens/s |" + (" machine |" if several else ""),
+             "|---|---|---|---|" + ("---|" if several else "")]
+    for name, t in timings.items():
+        speed = f"{round(t['tokens_per_s']):,}" if t.get("tokens_per_s") else "-"
+        lines.append(f"| {name} | {t['seconds'] / 60:.2f} | {t.get('tokens', 0):,} | {speed} |"
+                     + (f" {where[name]} |" if several else ""))
+    return lines

@@ -157,6 +157,7 @@ class EvalSpec:
     batch_size: int = 8
     prefill_chunk: int = 2048
     mqar: MQARSpec | None = None
+    mqar_layers: MQARSpec | None = None  # which layers carry MQAR's pairs (keys default to mqar's)
     passkey: NeedleSpec | None = None
     niah: NeedleSpec | None = None
     ppl: PPLSpec | None = None

@@ -118,13 +118,15 @@ def _check_train_key(key: str, where: str) -> None:
 
 def _validate_eval(spec: CompareSpec) -> None:
     ev = spec.eval
-    tasks = [t for t in ("mqar", "passkey", "niah", "ppl", "recall_qa", "lm_eval") if getattr(ev, t) is not None]
+    tasks = [t for t in ("mqar", "mqar_layers", "passkey", "niah", "ppl", "recall_qa", "lm_eval")
+             if getattr(ev, t) is not None]
     if not tasks:
-        raise StatexError("eval: no task (give one or more of mqar, passkey, niah, ppl, recall_qa, lm_eval)")
+        raise StatexError("eval: no task (give one or more of mqar, mqar_layers, passkey, niah, ppl, recall_qa, "
+                          "lm_eval)")
     for name, value in (("batch_size", ev.batch_size), ("prefill_chunk", ev.prefill_chunk)):
         if value < 1:
             raise StatexError(f"eval.{name} must be >= 1, got {value}")
-    grids = {"mqar": ev.mqar, "passkey": ev.passkey, "niah": ev.niah}
+    grids = {"mqar": ev.mqar, "mqar_layers": ev.mqar_layers, "passkey": ev.passkey, "niah": ev.niah}
     for task, grid in grids.items():
         if grid is None:
             continue
@@ -134,8 +136,10 @@ def _validate_eval(spec: CompareSpec) -> None:
                 raise StatexError(f"eval.{task}.lengths: {short_repr(length)} is not a length (an integer, base or post)")
         if grid.n < 1:
             raise StatexError(f"eval.{task}.n must be >= 1, got {grid.n}")
-    if ev.mqar is not None and (not ev.mqar.pairs or any(not isinstance(p, int) or p < 1 for p in ev.mqar.pairs)):
-        raise StatexError(f"eval.mqar.pairs: a list of integers >= 1, got {short_repr(ev.mqar.pairs)}")
+    for task in ("mqar", "mqar_layers"):
+        grid = grids[task]
+        if grid is not None and (not grid.pairs or any(not isinstance(p, int) or p < 1 for p in grid.pairs)):
+            raise StatexError(f"eval.{task}.pairs: a list of integers >= 1, got {short_repr(grid.pairs)}")
     for task in ("passkey", "niah"):
         grid = grids[task]
         if grid is not None and any(not isinstance(d, (int, float)) or not 0 <= d <= 1 for d in grid.depths):

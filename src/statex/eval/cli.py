@@ -12,7 +12,7 @@ from statex.cli_support import check_vocab, device_from_flag, resolve_tokenizer
 from statex.runtime.prewarm import prepare_for_models
 
 _HELP = {
-    "tasks": "comma-separated: passkey,niah,mqar,recall,ppl,icl",
+    "tasks": "comma-separated: passkey,niah,mqar,mqar_layers,recall,ppl,icl",
     "tokenizer": "'bytes', 'ids:N' or a tokenizer.json (default: MODEL/tokenizer.json, else bytes)",
     "lengths": "context lengths in tokens, e.g. 512,1k,4k (passkey, niah, mqar, ppl)",
     "depths": "needle depths in [0, 1], e.g. 0,0.25,0.5,0.75,1",
@@ -115,7 +115,7 @@ def add_eval_parser(sub) -> None:
     from statex.eval.config import EvalConfig, LIST_ITEMS
     from statex.runtime.settings import AUTOTUNE_MODES as MODES
 
-    p = sub.add_parser("eval", help="evaluate models: passkey, niah, mqar, recall, ppl, icl, lm-eval tasks",
+    p = sub.add_parser("eval", help="evaluate models: passkey, niah, mqar, mqar_layers, recall, ppl, icl, lm-eval tasks",
                        description="Writes OUT/results.json, OUT/report.md (models side by side) and PNG plots. "
                                    "Every option may also come from --config FILE (YAML or JSON); flags win.")
     p.add_argument("models", nargs="+", metavar="MODEL", help="model directories")

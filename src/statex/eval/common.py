@@ -99,14 +99,15 @@ def greedy_generate(ctx: EvalContext, prompts: list[list[int]], max_new_tokens: 
 
 
 @torch.no_grad()
-def token_logprobs(model, ids: torch.Tensor, chunk: int = 2048, want: str = "loss"):
-    """One pass over ``ids`` [B, T] in pieces of ``chunk`` tokens with the recurrent state carried.
+def token_logprobs(model, ids: torch.Tensor, chunk: int = 2048, want: str = "loss", state=None):
+    """One pass over ``ids`` [B, T] in pieces of ``chunk`` tokens with the recurrent state carried, starting
+    from ``state`` (a ``RecurrentState``; None: the empty state).
 
     want="loss":   per-position next-token losses [B, T-1] (position t predicts token t+1), float32
     want="argmax": the argmax prediction at each position [B, T]
     Only these reductions leave each piece, so memory does not grow with T x vocab.
     """
-    state, pieces, previous_logits = None, [], None
+    pieces, previous_logits = [], None
     for start in range(0, ids.shape[1], chunk):
         out = model(ids[:, start:start + chunk], state=state, use_cache=True)
         state, logits = out.state, out.logits.float()

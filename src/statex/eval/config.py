@@ -46,7 +46,7 @@ class TaskOptions:
 
 @dataclass
 class EvalConfig(TaskOptions):
-    tasks: list | None = None  # passkey, niah, mqar, recall, ppl, icl
+    tasks: list | None = None  # passkey, niah, mqar, mqar_layers, recall, ppl, icl
     tokenizer: str | None = None  # bytes, ids:N or a tokenizer.json (default: MODEL/tokenizer.json, else bytes)
     n: int = 20  # examples per setting
     seed: int = 0

@@ -55,6 +55,7 @@ def make_plots(records: list[Record], out: Path) -> dict[str, Path]:
     heat_tasks = sorted({r.task for r in records if r.task == "passkey" or r.task.startswith("niah")})
     for task in heat_tasks:
         fig, axes = plt.subplots(1, len(models), figsize=(4 * len(models), 3.4), squeeze=False)
+        labelled = False  # the depth axis is named once, on the first panel drawn: beside others it overlaps them
         for ax, model in zip(axes[0], models):
             rows = [r for r in records if r.task == task and r.model == model]
             if not rows:
@@ -66,9 +67,11 @@ def make_plots(records: list[Record], out: Path) -> dict[str, Path]:
                      for L in lengths] for d in depths]
             image = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto", origin="upper")
             ax.set_xticks(range(len(lengths)), [str(L) for L in lengths], rotation=45)
-            ax.set_yticks(range(len(depths)), [f"{d:.2f}" for d in depths])
+            ax.set_yticks(range(len(depths)), [f"{d:.2f}" for d in depths] if not labelled else [])
             ax.set_xlabel("context length (tokens)")
-            ax.set_ylabel("needle depth")
+            if not labelled:
+                ax.set_ylabel("needle depth")
+                labelled = True
             ax.set_title(f"{model}", fontsize=9)
         fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="accuracy")
         fig.suptitle(task)

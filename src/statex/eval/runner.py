@@ -25,6 +25,7 @@ def model_names(paths: list[str]) -> list[str]:
     return [str(p) for p in paths]
 
 
+MQAR_TASKS = {"mqar", "mqar_layers"}  # the tasks that read MQAR's grid (pairs, lengths, keys)
 # the local file each task cannot run without, and the flag that names it
 _REQUIRED_FILES = {"ppl": ("ppl_file", "--ppl-file FILE (local text)"),
                    "icl": ("icl_file", "--icl-file FILE (JSONL of text and label)"),
@@ -61,7 +62,7 @@ def check_request(tasks: list[str], n: int = 20, batch_size: int = 8, prefill_ch
         raise StatexError(f"--niah-keys must be >= 1, got {options.niah_keys}")
     if "niah" in tasks and 2 in variants and not options.haystack:
         raise StatexError("niah variant 2 (essay haystack) needs --haystack FILE (any long local text)")
-    if "mqar" in tasks:
+    if MQAR_TASKS & set(tasks):
         from statex.eval.tasks import mqar
 
         lengths = options.mqar_lengths or options.lengths or mqar.DEFAULT_LENGTHS
@@ -90,7 +91,7 @@ def check_tokenizer(tasks: list[str], tokenizer, options: TaskOptions | None = N
             if shortest < needed:
                 raise StatexError(f"--lengths {shortest}: a {task} prompt needs at least {needed} tokens with this "
                                   "tokenizer (its instructions, needle and question alone); use longer lengths")
-    if "mqar" not in tasks:
+    if not MQAR_TASKS & set(tasks):
         return
     from statex.eval.tasks import mqar
 
@@ -128,7 +129,7 @@ def evaluation_bytes(configs, tasks: list[str], n: int, batch_size: int, prefill
     from statex.eval.tasks import mqar
 
     lengths = list(options.lengths or [])
-    if "mqar" in tasks:
+    if MQAR_TASKS & set(tasks):
         lengths += list(options.mqar_lengths or mqar.DEFAULT_LENGTHS)
     longest = max(lengths or [2048])
     widest = max(configs, key=lambda c: c.parameter_count())

@@ -68,24 +68,11 @@ PASSES_VERSION = 3  # raised when run_workload's passes change, so that older ma
 
 
 def _software_versions() -> dict[str, str]:
-    """What the compiled kernels depend on, read from the installed packages' metadata (importing fla to ask
-    costs seconds) and from torch for the GPU's name (CUDA is initialised by then)."""
-    from importlib import metadata
+    """What the compiled kernels depend on: the package versions and the GPU's name (CUDA is initialised by then)."""
+    from statex.runtime import machine
 
-    versions = {"python": sys.version.split()[0]}
-    for name in ("torch", "triton", "fla-core"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "-"
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            versions["gpu"] = torch.cuda.get_device_name()
-    except Exception:  # noqa: BLE001 - the name is only part of a cache key
-        pass
-    return versions
+    name = machine.gpu_name()
+    return {**machine.software_versions(), **({"gpu": name} if name else {})}
 
 
 def distinct_layers(model: dict[str, Any]) -> dict[str, Any]:
