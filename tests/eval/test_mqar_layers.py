@@ -7,12 +7,14 @@ import pytest
 import torch
 
 import statex
+from statex import runtime
 from statex.eval import evaluate
 from statex.eval.common import token_logprobs
 from statex.eval.tasks import mqar, mqar_layers
 from statex.models.lm import RecurrentState
 
 from conftest import randomize_, tiny_gla_config, tiny_mamba2_config
+from fast_path import requires_cuda
 
 
 def reference_predictions(model, ids, boundary, keep):
@@ -113,3 +115,28 @@ def test_requests_are_checked_like_mqar():
     with pytest.raises(StatexError, match="distinct keys"):
         evaluate({"oracle": OneLayerRecallLM()}, ["mqar_layers"], tokenizer, mqar_lengths=[512], pairs=[100],
                  progress=False)
+
+
+@requires_cuda
+@pytest.mark.parametrize("family", ["gla", "mamba2"])
+def test_the_fast_kernels_carry_the_ablated_states(family):
+    """On CUDA the states after the pairs come from, and go back into, the fast kernels (a bf16 model, as a
+    comparison evaluates one): every ablation agrees with the block-by-block reference on the same kernels."""
+    config = (tiny_gla_config(n_layer=3, vocab_size=512, d_model=128, num_heads=2) if family == "gla"
+              else tiny_mamba2_config(n_layer=3, vocab_size=512, d_model=128, d_state=32, headdim=32))
+    model = randomize_(statex.build_model(config, dtype=torch.bfloat16)).cuda().eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8.0)  # decisive logits: bf16 rounding then flips no argmax between two orders
+    tokenizer = statex.load_tokenizer("ids:512")
+    ids = torch.stack([e[0] for e in mqar.generate_examples(tokenizer, 256, 16, 8, seed=5)]).cuda()
+    boundary = 32
+    with torch.no_grad(), runtime.use(backend="fla"):
+        found = mqar_layers.query_predictions(model, ids, boundary, chunk=96)
+        rules = {("intact", None): lambda j: True, ("all", None): lambda j: False}
+        for i in range(3):
+            rules[("reset", i)] = lambda j, i=i: j != i
+            rules[("only", i)] = lambda j, i=i: j == i
+        assert set(found) == set(rules)
+        for key, keep in rules.items():
+            agree = (found[key] == reference_predictions(model, ids, boundary, keep)).float().mean().item()
+            assert agree >= 0.98, (key, agree)
