@@ -147,6 +147,37 @@ def test_more_seeds_on_resume_runs_only_the_new_pieces(finished, corpus, tmp_pat
     assert {r["seed"] for r in records if r["variant"] == "lpt"} == {0, 1, 2}
 
 
+def test_a_changed_evaluation_on_resume_evaluates_again_and_keeps_the_training(finished, corpus, tmp_path):
+    import shutil
+
+    out = tmp_path / "eval-changed"
+    shutil.copytree(finished[0], out)
+    def stamps(kind):  # training: its stage record; evaluation: its records, written only when it runs
+        name = "stage.json" if kind == "train" else "records.json"
+        return {p: p.stat().st_mtime_ns for p in out.rglob(name) if p.parent.name == kind}
+
+    trained, evaluated = stamps("train"), stamps("eval")
+    # stages recorded before they named their eval section: the run's section is theirs
+    for path in out.rglob("eval/stage.json"):
+        record = json.loads(path.read_text())
+        path.write_text(json.dumps({k: v for k, v in record.items() if k != "eval_key"}))
+    # a verdict alone: nothing runs again, the report judges anew
+    assert main(_argv(out, corpus, "--resume", "--set", "verdict.capacity_threshold=0.5")) == 0
+    assert stamps("train") == trained and stamps("eval") == evaluated
+    assert "scores below 0.5" in (out / "report.md").read_text()
+    # an eval section with another MQAR grid: every model evaluated again from its kept weights
+    assert main(_argv(out, corpus, "--jobs", "1", "--resume", "--set", "eval.mqar.pairs=[8]",
+                      "--set", "verdict.capacity_threshold=0.5")) == 0
+    assert stamps("train") == trained
+    now = stamps("eval")
+    assert set(now) == set(evaluated) and all(now[p] != t for p, t in evaluated.items())
+    records = json.loads((out / "results.json").read_text())
+    assert {r["params"]["pairs"] for r in records if r["task"] == "mqar"} == {8}
+    assert json.loads((out / "spec.json").read_text())["eval"]["mqar"]["pairs"] == [8]
+    # and the trained models were not: a changed training field is still refused
+    assert main(_argv(out, corpus, "--resume", "--set", "eval.mqar.pairs=[8]", "--set", "train.lr=2e-3")) == 2
+
+
 def test_one_prewarm_covers_the_workloads_every_stage_asks_for(finished, corpus):
     """The keys of engine.workloads() equal those the trainer and the evaluation compute from the stages' real
     configs (history and all), so on CUDA no stage starts a prewarm of its own."""

@@ -2,7 +2,8 @@
 pieces: post-training and evaluation per variant and seed), side by side in processes of one thread each on a
 CPU and one after the other on a GPU (side by side there too with ``jobs``: small models leave a GPU mostly idle). A stage that finished is never run again: its directory holds
 ``stage.json`` (seconds, tokens, tokens/s); a stopped training stage continues from its last checkpoint. A
-resumed run must have the spec it started with (more or fewer seeds excepted)."""
+resumed run must have the spec it started with, but for its seeds and the sections that change no trained model
+(``eval``: every evaluation runs again; ``verdict``: the report is made again)."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from statex.compare.plan import Plan, Stage, make_plan
-from statex.compare.spec import CompareSpec, changed_field
+from statex.compare.spec import CompareSpec, changed_field, evaluation_key
 from statex.errors import StatexError
 from statex.runtime import machine
 
@@ -22,9 +23,13 @@ STAGE_RECORD = "stage.json"
 PREWARM_LIMIT_S_PER_WORKLOAD = 60.0
 
 
-def check_run_directory(out: Path, spec: CompareSpec, resume: bool, ignore: tuple[str, ...] = ()) -> None:
+RESUMABLE_CHANGES = ("eval", "verdict")  # on --resume: re-evaluated / re-judged; the trained models are kept
+
+
+def check_run_directory(out: Path, spec: CompareSpec, resume: bool, ignore: tuple[str, ...] = ()) -> dict | None:
     """OUT must be new, empty (but for the names in ``ignore``), or (with ``resume``) a comparison of the same
-    spec."""
+    spec, but for its seeds and the sections that change no trained model (``RESUMABLE_CHANGES``). Returns the
+    ``eval`` section the run was made with (None for a new run)."""
     if out.exists() and not out.is_dir():
         raise StatexError(f"--out {out}: exists and is not a directory")
     saved = out / SPEC_RECORD
@@ -36,14 +41,27 @@ def check_run_directory(out: Path, spec: CompareSpec, resume: bool, ignore: tupl
         except (OSError, ValueError) as exc:
             raise StatexError(f"{saved}: unreadable ({exc})") from None
         now = spec.to_dict()
-        before.pop("seeds", None)
-        now.pop("seeds", None)
-        field = changed_field(before, now)
+        field = changed_field({k: v for k, v in before.items() if k not in ("seeds", *RESUMABLE_CHANGES)},
+                              {k: v for k, v in now.items() if k not in ("seeds", *RESUMABLE_CHANGES)})
         if field is not None:
             raise StatexError(f"--resume: {field} differs from the run in {out} (see {saved}); resume with the same "
-                              "spec (seeds may change) or choose another --out")
-    elif out.is_dir() and any(p for p in out.iterdir() if not p.name.startswith(".") and p.name not in ignore):
+                              "spec (seeds, eval and verdict may change) or choose another --out")
+        earlier = before.get("eval") if isinstance(before.get("eval"), dict) else {}
+        return {**{task: None for task in now["eval"]}, **earlier}  # tasks added to statex since: absent = None
+    if out.is_dir() and any(p for p in out.iterdir() if not p.name.startswith(".") and p.name not in ignore):
         raise StatexError(f"--out {out}: holds other files and is not a comparison; choose a new or empty directory")
+    return None
+
+
+def _stamp_evaluations(plan: Plan, evaluation: dict[str, Any]) -> None:
+    """Evaluation stages recorded before stages named their ``eval`` section: the section the run had."""
+    from statex.files import write_atomic
+
+    for stage in plan.stages:
+        record = _finished(stage, any_evaluation=True) if stage.kind == "eval" else None
+        if record is not None and "eval_key" not in record:
+            write_atomic(stage.directory / STAGE_RECORD, json.dumps({**record, "eval_key": evaluation_key(evaluation)},
+                                                                    indent=1) + "\n")
 
 
 def _metric_rows(run: Path) -> list[dict[str, Any]]:
@@ -97,11 +115,16 @@ def _seconds_before(run: Path) -> float:
     return max(times, default=0.0)
 
 
-def _finished(stage: Stage) -> dict[str, Any] | None:
+def _finished(stage: Stage, any_evaluation: bool = False) -> dict[str, Any] | None:
+    """The stage's record if it finished; an evaluation only if it ran with the spec's ``eval`` section now
+    (``any_evaluation``: whatever section it ran with)."""
     try:
-        return json.loads((stage.directory / STAGE_RECORD).read_text())
+        record = json.loads((stage.directory / STAGE_RECORD).read_text())
     except (OSError, ValueError):
         return None
+    if stage.kind == "eval" and not any_evaluation and record.get("eval_key") != stage.options.get("eval_key"):
+        return None
+    return record
 
 
 def _release_gpu() -> None:
@@ -176,7 +199,8 @@ def run_eval_stage(stage: Stage, ev, tokenizer: str, heldout: str | None, haysta
     stage.directory.mkdir(parents=True, exist_ok=True)
     write_atomic(stage.directory / "records.json", dumps_strict(rows, indent=1) + "\n")
     record = {"seconds": round(seconds, 1), "machine": machine.describe(device), "tokens": tokens,
-              "tokens_per_s": round(tokens / max(seconds, 1e-9)), "parts": parts}
+              "tokens_per_s": round(tokens / max(seconds, 1e-9)), "parts": parts,
+              "eval_key": stage.options.get("eval_key")}
     write_atomic(stage.directory / STAGE_RECORD, json.dumps(record, indent=1) + "\n")
     return record
 
@@ -257,7 +281,7 @@ def run_compare(spec: CompareSpec, out: str | Path, resume: bool = False, jobs: 
     if jobs is not None and jobs < 1:
         raise StatexError(f"--jobs must be >= 1, got {jobs}")
     plan = make_plan(spec, out)
-    check_run_directory(out, spec, resume, ignore)
+    evaluated_with = check_run_directory(out, spec, resume, ignore)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
 
@@ -266,6 +290,10 @@ def run_compare(spec: CompareSpec, out: str | Path, resume: bool = False, jobs: 
             print(f"== [{(time.time() - started) / 60:5.1f} min] {message}", flush=True)
 
     with RunLock(out, "comparison"):
+        if evaluated_with is not None:  # before the spec record changes, so that an interrupted resume stays right
+            _stamp_evaluations(plan, evaluated_with)
+            if evaluation_key(evaluated_with) != evaluation_key(spec.to_dict()["eval"]):
+                say("the eval section changed: every model is evaluated again (its training is kept)")
         write_atomic(out / SPEC_RECORD, json.dumps(spec.to_dict(), indent=1) + "\n")
         _prepare_data(plan, say)
         gpu = plan.device == "cuda"

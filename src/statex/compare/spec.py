@@ -339,6 +339,14 @@ def load_spec(path: str | Path, overrides: list[tuple[list[str], Any]] = ()) -> 
     return spec_from_dict(data, root=Path(path).resolve().parent)
 
 
+def evaluation_key(evaluation: dict[str, Any]) -> str:
+    """A short digest of a spec's ``eval`` section (as ``CompareSpec.to_dict`` writes it): an evaluation stage
+    is finished only for the section it ran with."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(evaluation, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def changed_field(before: Any, now: Any, where: str = "") -> str | None:
     """The dotted path of the first field that differs between two spec mappings (None when equal)."""
     if isinstance(before, dict) and isinstance(now, dict):
