@@ -89,7 +89,7 @@ def test_resume_is_bit_identical(setup):
     saved = torch.load(setup / "pieces" / "checkpoints" / "step-00000010" / "trainer.pt", weights_only=True)
     before = max(r["seconds"] for r in rows if r["step"] <= 10)
     after = min(r["seconds"] for r in rows if r["step"] > 10)
-    assert before <= saved["seconds"] <= after
+    assert before - 5e-4 <= saved["seconds"] <= after + 5e-4  # the records round to milliseconds
 
 
 def test_refuses_an_out_dir_of_another_run(setup):
