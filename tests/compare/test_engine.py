@@ -37,7 +37,8 @@ def test_every_stage_runs_and_reports(finished):
         ("mamba2", "base"), ("mamba2", "lpt"), ("mamba2", "statex-preserve")}
     assert {r["seed"] for r in records if r["variant"] != "base"} == {0, 1}
     assert {r["task"] for r in records} == {"mqar", "mqar_layers", "passkey", "passkey_forced", "niah_single_1",
-                                            "niah_single_2", "ppl", "state", "params"}
+                                            "niah_single_2", "niah_single_1_forced", "niah_single_2_forced", "ppl",
+                                            "state", "params"}
     # which layers carry the pairs: at the base's context, both layers of every model, each seed
     layers = [r for r in records if r["task"] == "mqar_layers" and r["family"] == "gla" and r["variant"] == "lpt"]
     assert {(r["seed"], r["params"]["mode"], r["params"]["layer"]) for r in layers} == {
@@ -74,7 +75,8 @@ def test_every_stage_runs_and_reports(finished):
     assert "Post-training (every variant alike): 4 steps of 2 sequences of up to 256 tokens (2,048 tokens as read)" \
         in report
     for text in ("## Verdicts", "Rule:", "| gla | statex-inherit |", "## Stages", "## Spec (resolved)",
-                 "passkey by length", "niah_single_2 by length", "Which layers carry the pairs: MQAR at length 64 "
+                 "passkey by length", "niah_single_2 by length (mean over depths and seeds; / the answer tokens "
+                 "predicted teacher-forced", "Which layers carry the pairs: MQAR at length 64 "
                  "with 8 pairs", "| layer 1 emptied / only kept |"):
         assert text in report, text
     for plot in ("gla_capacity.png", "mamba2_capacity.png", "gla/passkey_heatmap.png", "gla/niah_single_2_heatmap.png",

@@ -114,6 +114,21 @@ def test_teacher_forced_passkey_separates_learning_from_generation():
     assert random[0].params["baseline"] == oracle[0].params["baseline"] == passkey.format_baseline(BYTES)
 
 
+def test_teacher_forced_niah_reads_the_value_off_the_needle():
+    oracle = niah.teacher_forced(OracleLM(), BYTES, "oracle", [600], n=3, seed=0, batch_size=2, chunk=64,
+                                 variants=(1, 3))
+    assert [(r.task, r.metric, r.params["length"]) for r in oracle] == [
+        ("niah_single_1_forced", "token_accuracy", 600), ("niah_single_3_forced", "token_accuracy", 600)]
+    # " 1234567" in bytes: the induction head may miss the space and first digit (the answer prefix's "is" is
+    # followed by ": " in the needle), then reads every later digit off the needle
+    assert oracle[0].value >= 6 / 8
+    assert oracle[1].value > 0.9  # a 36-character UUID: all but its first two bytes read off the needle
+    random = niah.teacher_forced(tiny_model(), BYTES, "random", [600], n=3, seed=0, batch_size=3)
+    assert random[0].value < 0.5 and random[0].params["baseline"] == oracle[0].params["baseline"]
+    assert oracle[0].params["baseline"] == pytest.approx((1 + 1 / 9 + 6 / 10) / 8, abs=0.02)
+    assert oracle[0].params["tokens"] == 3 * (600 + 8)  # the prompt is the length asked, the answer 8 bytes
+
+
 def test_passkey_format_baseline_is_the_majority_guess_per_answer_position():
     # bytes: " " then five digits, the first never 0; the space is always right, each digit about 1 in 10
     # (the first 1 in 9), so the majority guess scores about (1 + 1/9 + 4/10) / 6

@@ -89,7 +89,9 @@ def prompt_tokens(records: list[dict[str, Any]]) -> int:
         length = r["params"].get("length") if isinstance(r.get("params"), dict) else None
         if length is None:
             continue
-        if r["task"] in ("mqar", "passkey", "passkey_forced") or r["task"].startswith("niah"):
+        if isinstance(r["params"].get("tokens"), int):  # a task that says what it read (answers appended)
+            total += r["params"]["tokens"]
+        elif r["task"] in ("mqar", "passkey", "passkey_forced") or r["task"].startswith("niah"):
             total += r["n"] * length
         elif r["task"] == "mqar_layers":  # the pairs read once per sequence, the queries once per ablation
             pairs = 2 * r["params"]["pairs"]
@@ -122,6 +124,12 @@ def evaluate_stage(stage: Stage, ev: EvalSpec, tokenizer_path: str, heldout: str
     for task, (names, options) in task_requests(ev, stage.options["lengths"], heldout, haystack).items():
         begun = time.time()
         records += evaluate({name: model}, names, tokenizer, progress=False, **options)
+        if task == "niah" and ev.niah.forced:
+            from statex.eval.tasks import niah
+
+            records += niah.teacher_forced(model, tokenizer, name, stage.options["lengths"]["niah"], ev.niah.n,
+                                           ev.seed, ev.batch_size, ev.prefill_chunk, variants=tuple(ev.niah.variants),
+                                           haystack=Path(haystack).read_text(errors="replace") if haystack else None)
         if task == "passkey" and ev.passkey.forced:
             from statex.eval.tasks import passkey
 

@@ -85,7 +85,8 @@ def _needle_lines(records, family: str, variants: list[str]) -> list[str]:
         lengths = sorted({r["params"]["length"] for r in records if r["family"] == family and r["task"] == task})
         if not lengths:
             continue
-        forced = task == "passkey" and any(r["task"] == "passkey_forced" for r in records if r["family"] == family)
+        forced_task = "passkey_forced" if task == "passkey" else f"{task}_forced"
+        forced = any(r["task"] == forced_task for r in records if r["family"] == family)
         lines += ["", f"{task} by length (mean over depths and seeds"
                   + ("; / the answer tokens predicted teacher-forced, depth 0.5" if forced else "") + "):", "",
                   "| length | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)]
@@ -94,7 +95,7 @@ def _needle_lines(records, family: str, variants: list[str]) -> list[str]:
             for v in variants:
                 text = _fmt(mean_ci(_values(records, family, v, task, length=length))[0])
                 if forced:
-                    text += " / " + _fmt(mean_ci(_values(records, family, v, "passkey_forced", length=length))[0])
+                    text += " / " + _fmt(mean_ci(_values(records, family, v, forced_task, length=length))[0])
                 cells.append(text)
             lines.append(f"| {length} | " + " | ".join(cells) + " |")
     return lines

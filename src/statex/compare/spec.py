@@ -121,7 +121,7 @@ class MQARSpec:
 
 @dataclass
 class NeedleSpec:
-    """Passkey or NIAH: depth x length heatmaps. ``forced`` (passkey): the answer also scored teacher-forced."""
+    """Passkey or NIAH: depth x length heatmaps. ``forced``: the answer also scored teacher-forced (depth 0.5)."""
 
     lengths: list = field(default_factory=lambda: ["base", "post"])
     depths: list = field(default_factory=lambda: [0.0, 0.5, 1.0])
