@@ -81,6 +81,39 @@ def test_passkey_needle_at_depth_and_exact_length():
     assert f"The passkey is {answer.strip()}" in tok.decode(ids.tolist())
 
 
+def test_niah_training_sequences_are_the_evaluation_prompt_and_its_value():
+    from statex.data.dataset import check_synthetic
+    from statex.data.synthetic import niah_min_len, niah_sequence
+    from statex.eval.tasks import niah
+
+    tok = statex.load_tokenizer("bytes")
+    gen = torch.Generator().manual_seed(4)
+    for length in (niah_min_len(tok), 600, 1000):
+        ids, labels = niah_sequence(gen, tok, length)
+        assert ids.shape == labels.shape == (length,)
+        answer = tok.decode(ids[labels != -100].tolist())
+        assert answer.startswith(" ") and answer.strip().isdigit() and len(answer.strip()) == 7
+        text = tok.decode(ids.tolist())
+        key = text.split("special magic number for ")[-1].split(" mentioned")[0]
+        assert f"One of the special magic numbers for {key} is: {answer.strip()}." in text  # the needle it asks
+        assert text.startswith("Some special magic numbers") or text.startswith(tok.decode([tok.eos_token_id]))
+        assert labels[:-len(answer)].eq(-100).all()
+    # the prompt is the evaluation's: the same template and haystack, with the value appended
+    ids, labels = niah_sequence(torch.Generator().manual_seed(0), tok, 700, depth=0.5)
+    prompt = ids[labels == -100].tolist()
+    key = tok.decode(prompt).split("special magic number for ")[-1].split(" mentioned")[0]
+    value = tok.decode(ids[labels != -100].tolist()).strip()
+    suffix = niah.NIAH_QUESTION.format(key=key) + niah.NIAH_ANSWER_PREFIX.format(key=key)
+    assert prompt == niah.niah_prompt(tok, len(prompt), [(0.5, niah.NIAH_NEEDLE.format(key=key, value=value))],
+                                      suffix)
+    # too short for the template: refused before any training, with the length it needs
+    with pytest.raises(statex.StatexError, match=f"niah sequences need seq_len >= {niah_min_len(tok)}"):
+        check_synthetic(parse_synthetic([{"kind": "niah", "seq_len": 128}]), tok, 512)
+    stream = TrainStream(None, 512, seed=0, tokenizer=tok, synthetic=parse_synthetic("niah:1,mqar:1"))
+    answers = [int((stream.example(p)[1] != -100).sum()) for p in range(40)]
+    assert 8 in answers and any(a != 8 for a in answers)  # " 1234567": 8 bytes, beside MQAR's answers
+
+
 def test_mixture_weights_and_parse_errors(tmp_path):
     tok = statex.load_tokenizer("bytes")
     sources = parse_synthetic("mqar:1,passkey:1")

@@ -25,17 +25,17 @@ import numpy as np
 import torch
 
 from statex.data.cache import open_token_cache
-from statex.data.synthetic import IGNORE, MQARSpec, mqar_sequence, passkey_sequence
+from statex.data.synthetic import IGNORE, MQARSpec, mqar_sequence, niah_min_len, niah_sequence, passkey_sequence
 from statex.errors import StatexError
 
-SYNTHETIC_KINDS = ("mqar", "passkey")
+SYNTHETIC_KINDS = ("mqar", "passkey", "niah")
 PASSKEY_MIN_LEN = 64
 MAX_SOURCE_LEN = 2**24  # a source's own sequence length; the run's --seq-len is bounded by the memory check
 
 
 @dataclass
 class SyntheticSource:
-    kind: str  # "mqar" | "passkey"
+    kind: str  # "mqar" | "passkey" | "niah"
     weight: float
     num_pairs: tuple[int, int] = (4, 32)  # mqar: pairs drawn uniformly in this range (inclusive)
     mqar: MQARSpec | None = None  # mqar: token ranges (default: zoology's split of the tokenizer's vocab)
@@ -86,6 +86,9 @@ class TrainStream:
                 raise StatexError("MQAR sequences need a length >= 4")
             if source is not None and source.kind == "passkey" and length < PASSKEY_MIN_LEN:
                 raise StatexError(f"passkey sequences need a length >= {PASSKEY_MIN_LEN}")
+            if source is not None and source.kind == "niah" and tokenizer is not None \
+                    and length < niah_min_len(tokenizer):
+                raise StatexError(f"niah sequences need a length >= {niah_min_len(tokenizer)} with this tokenizer")
         lengths = sorted({e[0] for e in self.entries if e[1] > 0})
         self.groups = [[i for i, e in enumerate(self.entries) if e[0] == length] for length in lengths]
         if len({e[0] for e in self.entries}) == 1:  # one length: every entry, zero weights too (as one mixture)
@@ -133,6 +136,8 @@ class TrainStream:
             pairs = int(torch.randint(low, high + 1, (1,), generator=gen))
             spec = source.mqar or MQARSpec.for_tokenizer(self.tokenizer, keys=source.keys)
             return (*mqar_sequence(gen, length, pairs, spec), entry)
+        if source.kind == "niah":
+            return (*niah_sequence(gen, self.tokenizer, length), entry)
         return (*passkey_sequence(gen, self.tokenizer, length), entry)
 
     def example(self, position: int, key: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -235,6 +240,9 @@ def check_synthetic(sources: list[SyntheticSource], tokenizer, seq_len: int) -> 
         what = "--seq-len" if source.seq_len is None else "seq_len"
         if source.kind == "passkey" and length < PASSKEY_MIN_LEN:
             raise StatexError(f"synthetic passkey sequences need {what} >= {PASSKEY_MIN_LEN}, got {length}")
+        if source.kind == "niah" and length < niah_min_len(tokenizer):
+            raise StatexError(f"synthetic niah sequences need {what} >= {niah_min_len(tokenizer)} with this tokenizer "
+                              f"(RULER's template and the answer), got {length}")
         if source.kind != "mqar":
             continue
         if length < 4:

@@ -3,6 +3,8 @@
 - MQAR (zoology's multi-query associative recall, token level): key-value pairs, then the keys queried again
   later with power-law gaps; the loss and accuracy are taken only on the value after each query key.
 - Passkey (the StateX paper's evaluation, as in "Stuffed Mamba"): a 5-digit passkey hidden at a chosen depth in repeated filler text.
+- NIAH (RULER's single needle, variant 1): "One of the special magic numbers for {key} is: {value}." in repeated
+  noise sentences, then RULER's question and answer prefix; the 7-digit value is the answer.
 
 Labels follow the model's convention: ``labels[t]`` is the token at position t when it is to be predicted
 (from position t - 1), else -100.
@@ -20,6 +22,18 @@ PASSKEY_PREFIX = ("There is an important info hidden inside a lot of irrelevant 
 PASSKEY_FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.\n"
 PASSKEY_NEEDLE = "The passkey is {key}. Remember it. {key} is the passkey.\n"
 PASSKEY_SUFFIX = "\nWhat is the pass key? The passkey is"
+
+# RULER's single-needle template (github.com/NVIDIA/RULER, synthetic niah): the evaluation's prompts and the
+# training sequences of the synthetic kind "niah" share it
+NIAH_NEEDLE = "One of the special magic numbers for {key} is: {value}.\n"
+NIAH_QUESTION = "\nWhat are all the special magic numbers for {key} mentioned in the provided text?"
+NIAH_ANSWER_PREFIX = " The special magic number for {key} mentioned in the provided text is"
+NIAH_NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.\n"
+NIAH_PREFIX = ("Some special magic numbers are hidden within the following text. Make sure to memorize it. "
+               "I will quiz you about the numbers afterwards.\n")
+NIAH_KEY_WORDS = ("apple", "river", "violet", "falcon", "marble", "harbor", "cactus", "meadow", "copper", "lantern",
+                  "orchid", "glacier", "pepper", "walnut", "thunder", "saffron", "pebble", "canyon", "willow",
+                  "quartz")
 
 
 @dataclass
@@ -131,3 +145,67 @@ def passkey_sequence(generator: torch.Generator, tokenizer, seq_len: int, depth:
     ids = [tokenizer.eos_token_id] * pad + ids  # left-pad when the filler could not fill exactly
     labels = [IGNORE] * (seq_len - len(answer)) + answer
     return torch.tensor(ids), torch.tensor(labels)
+
+
+def niah_value(generator: torch.Generator, variant: int = 1) -> str:
+    """A needle's value: 7 digits (variants 1 and 2), a UUID (variant 3)."""
+    import uuid
+
+    if variant == 3:
+        return str(uuid.UUID(int=int(torch.randint(0, 2**62, (1,), generator=generator)) << 64
+                             | int(torch.randint(0, 2**62, (1,), generator=generator))))
+    return str(int(torch.randint(1_000_000, 10_000_000, (1,), generator=generator)))
+
+
+def niah_prompt(tokenizer, length: int, needles: list[tuple[float, str]], suffix: str,
+                haystack: list[int] | None = None) -> list[int]:
+    """NIAH_PREFIX, a haystack with the needles (depth, text) inserted, then ``suffix``: ``length`` tokens when
+    the fixed parts fit. ``haystack``: None (NIAH_NOISE repeated; needles go between sentences) or a text's token
+    ids (encoded once by the caller)."""
+    prefix, tail = tokenizer.encode(NIAH_PREFIX), tokenizer.encode(suffix)
+    needle_ids = [(d, tokenizer.encode(text)) for d, text in needles]
+    budget = max(0, length - len(prefix) - len(tail) - sum(len(n) for _, n in needle_ids))
+    if haystack is None:
+        unit = tokenizer.encode(NIAH_NOISE)
+        sentences = [unit] * max(1, -(-budget // len(unit)))
+    else:
+        text_ids = haystack
+        while len(text_ids) < budget:
+            text_ids = text_ids + text_ids
+        sentences = [[t] for t in text_ids[:budget]]
+    hay = [t for s in sentences for t in s][:budget]
+    boundaries = list(range(0, len(hay) + 1, len(sentences[0]) if haystack is None else 1))
+    inserts = sorted(((min(boundaries, key=lambda b: abs(b - d * len(hay))), n) for d, n in needle_ids),
+                     key=lambda x: x[0])
+    out, previous = list(prefix), 0
+    for cut, needle in inserts:
+        out += hay[previous:cut] + needle
+        previous = cut
+    return out + hay[previous:] + tail
+
+
+def niah_min_len(tokenizer) -> int:
+    """The shortest training sequence of the kind "niah": the template with no haystack, and the answer."""
+    key, value = max(NIAH_KEY_WORDS, key=len), "9" * 7
+    return len(niah_prompt(tokenizer, 0, [(0.0, NIAH_NEEDLE.format(key=key, value=value))],
+                           NIAH_QUESTION.format(key=key) + NIAH_ANSWER_PREFIX.format(key=key))) + \
+        len(tokenizer.encode(" " + value)) + 8  # room for longer tokenizations of other keys and values
+
+
+def niah_sequence(generator: torch.Generator, tokenizer, seq_len: int, depth: float | None = None):
+    """A training example of RULER's single needle (variant 1): the prompt followed by the value, exactly
+    ``seq_len`` tokens (left-padded when the noise cannot fill exactly), labels on the value's tokens only. The
+    depth is uniform in [0, 1] unless given."""
+    key = NIAH_KEY_WORDS[int(torch.randint(len(NIAH_KEY_WORDS), (1,), generator=generator))]
+    value = niah_value(generator)
+    if depth is None:
+        depth = float(torch.rand((), generator=generator, dtype=torch.float64))
+    answer = tokenizer.encode(" " + value)
+    prompt = niah_prompt(tokenizer, seq_len - len(answer), [(depth, NIAH_NEEDLE.format(key=key, value=value))],
+                         NIAH_QUESTION.format(key=key) + NIAH_ANSWER_PREFIX.format(key=key))
+    prompt = prompt[-(seq_len - len(answer)):]
+    ids = prompt + answer
+    ids = [tokenizer.eos_token_id] * (seq_len - len(ids)) + ids
+    labels = [IGNORE] * (seq_len - len(answer)) + answer
+    return torch.tensor(ids), torch.tensor(labels)
+

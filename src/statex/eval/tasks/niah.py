@@ -7,31 +7,17 @@ multikey: ``--niah-keys K`` needles with distinct keys, one of them asked for.
 """
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import torch
 
+from statex.data.synthetic import (NIAH_ANSWER_PREFIX, NIAH_KEY_WORDS, NIAH_NEEDLE, NIAH_QUESTION, niah_prompt,
+                                   niah_value)
 from statex.eval.common import EvalContext, Record, fraction_contained, greedy_generate, stable_seed
 from statex.errors import StatexError
 
-NEEDLE = "One of the special magic numbers for {key} is: {value}.\n"
-QUESTION = "\nWhat are all the special magic numbers for {key} mentioned in the provided text?"
-ANSWER_PREFIX = " The special magic number for {key} mentioned in the provided text is"
-NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.\n"
-PREFIX = ("Some special magic numbers are hidden within the following text. Make sure to memorize it. "
-          "I will quiz you about the numbers afterwards.\n")
-KEY_WORDS = ("apple", "river", "violet", "falcon", "marble", "harbor", "cactus", "meadow", "copper", "lantern",
-             "orchid", "glacier", "pepper", "walnut", "thunder", "saffron", "pebble", "canyon", "willow", "quartz")
 DEFAULT_LENGTHS = (1024, 2048, 4096)
 DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
-
-
-def _value(gen: torch.Generator, variant: int) -> str:
-    if variant == 3:
-        return str(uuid.UUID(int=int(torch.randint(0, 2**62, (1,), generator=gen)) << 64
-                             | int(torch.randint(0, 2**62, (1,), generator=gen))))
-    return str(int(torch.randint(1_000_000, 10_000_000, (1,), generator=gen)))
 
 
 def generate_examples(tokenizer, length: int, depth: float, n: int, seed: int, variant: int = 1, keys: int = 1,
@@ -45,13 +31,13 @@ def generate_examples(tokenizer, length: int, depth: float, n: int, seed: int, v
     gen = torch.Generator().manual_seed(stable_seed(seed, length, round(depth * 1000), variant, keys, "niah"))
     examples = []
     for _ in range(n):
-        names = [KEY_WORDS[int(i)] for i in torch.randperm(len(KEY_WORDS), generator=gen)[:keys]]
-        values = [_value(gen, variant) for _ in names]
-        needles = [(depth, NEEDLE.format(key=names[0], value=values[0]))]
-        needles += [((i + 1) / keys, NEEDLE.format(key=k, value=v)) for i, (k, v) in enumerate(zip(names[1:],
+        names = [NIAH_KEY_WORDS[int(i)] for i in torch.randperm(len(NIAH_KEY_WORDS), generator=gen)[:keys]]
+        values = [niah_value(gen, variant) for _ in names]
+        needles = [(depth, NIAH_NEEDLE.format(key=names[0], value=values[0]))]
+        needles += [((i + 1) / keys, NIAH_NEEDLE.format(key=k, value=v)) for i, (k, v) in enumerate(zip(names[1:],
                                                                                                values[1:]))]
-        suffix = QUESTION.format(key=names[0]) + ANSWER_PREFIX.format(key=names[0])
-        ids = build_prompt(tokenizer, length, needles, suffix, None if variant != 2 else haystack)
+        suffix = NIAH_QUESTION.format(key=names[0]) + NIAH_ANSWER_PREFIX.format(key=names[0])
+        ids = niah_prompt(tokenizer, length, needles, suffix, None if variant != 2 else haystack)
         examples.append((ids, [values[0]]))
     return examples
 
@@ -61,32 +47,6 @@ def encode_haystack(tokenizer, text: str) -> list[int]:
     if not ids:
         raise StatexError("the haystack text is empty")
     return ids
-
-
-def build_prompt(tokenizer, length: int, needles: list[tuple[float, str]], suffix: str,
-                 haystack: list[int] | None):
-    """``haystack``: None (the repeated noise sentence) or a text's token ids (encoded once by the caller:
-    encoding a long text once per prompt was half the task's time)."""
-    prefix, tail = tokenizer.encode(PREFIX), tokenizer.encode(suffix)
-    needle_ids = [(d, tokenizer.encode(text)) for d, text in needles]
-    budget = max(0, length - len(prefix) - len(tail) - sum(len(n) for _, n in needle_ids))
-    if haystack is None:
-        unit = tokenizer.encode(NOISE)
-        sentences = [unit] * max(1, -(-budget // len(unit)))
-    else:
-        text_ids = haystack
-        while len(text_ids) < budget:
-            text_ids = text_ids + text_ids
-        sentences = [[t] for t in text_ids[:budget]]
-    hay = [t for s in sentences for t in s][:budget]
-    boundaries = list(range(0, len(hay) + 1, len(sentences[0]) if haystack is None else 1))
-    inserts = sorted(((min(boundaries, key=lambda b: abs(b - d * len(hay))), n) for d, n in needle_ids),
-                     key=lambda x: x[0])
-    out, previous = list(prefix), 0
-    for cut, needle in inserts:
-        out += hay[previous:cut] + needle
-        previous = cut
-    return out + hay[previous:] + tail
 
 
 def run(ctx: EvalContext) -> list[Record]:
@@ -131,7 +91,8 @@ def teacher_forced(model, tokenizer, model_name: str, lengths, n: int, seed: int
     haystack_ids = encode_haystack(tokenizer, haystack) if haystack is not None and 2 in variants else None
     records = []
     for variant in variants:
-        baseline = format_baseline(tokenizer, seed=seed, sample=lambda g, v=variant: _value(g, v), name=f"niah{variant}")
+        baseline = format_baseline(tokenizer, seed=seed, sample=lambda g, v=variant: niah_value(g, v),
+                                   name=f"niah{variant}")
         for length in lengths:
             rows = []
             for ids, (value,) in generate_examples(tokenizer, length, depth, n, seed, variant, 1, haystack_ids):
