@@ -4,9 +4,9 @@ one (``only``), and the rest of the sequence (the queries) is read from there. A
 accuracy holds pairs no other layer holds; a layer that recalls alone (``only``) holds them all. ``intact`` (no
 reset) and ``all`` (every layer reset: no pair can reach a query, so about chance) frame the two.
 
-This is the measurement behind choosing which layers to expand (the paper, Section 4, expands a fixed set: the
-first layer and every k-th); it reuses MQAR's sequences (``statex.eval.tasks.mqar``), so its ``intact`` cells
-equal MQAR's own at the same seed and sizes."""
+This is the measurement behind choosing which layers to expand (the paper expands a fixed set: the first layer
+and every k-th); it reuses MQAR's sequences (``statex.eval.tasks.mqar``), so its ``intact`` cells equal MQAR's own
+at the same seed and sizes, but for argmax near-ties (the sequence is read in two pieces)."""
 from __future__ import annotations
 
 import torch
