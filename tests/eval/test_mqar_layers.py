@@ -30,6 +30,15 @@ def reference_predictions(model, ids, boundary, keep):
     return model.lm_head(model.final_norm(x_queries)).argmax(-1)
 
 
+def ablation_rules(layers):
+    """(mode, layer) -> which layers keep their state after the pairs, as ``reference_predictions`` takes it."""
+    rules = {("intact", None): lambda j: True, ("all", None): lambda j: False}
+    for i in range(layers):
+        rules[("reset", i)] = lambda j, i=i: j != i
+        rules[("only", i)] = lambda j, i=i: j == i
+    return rules
+
+
 @pytest.mark.parametrize("family", ["gla", "mamba2"])
 def test_every_ablation_matches_the_block_by_block_reference(family):
     config = (tiny_gla_config(n_layer=3, vocab_size=128) if family == "gla"
@@ -41,10 +50,7 @@ def test_every_ablation_matches_the_block_by_block_reference(family):
     boundary = 16
     with torch.no_grad():
         found = mqar_layers.query_predictions(model, ids, boundary, chunk=32)  # pieces of 32: the state carried
-        rules = {("intact", None): lambda j: True, ("all", None): lambda j: False}
-        for i in range(3):
-            rules[("reset", i)] = lambda j, i=i: j != i
-            rules[("only", i)] = lambda j, i=i: j == i
+        rules = ablation_rules(3)
         assert set(found) == set(rules)
         for key, keep in rules.items():
             assert torch.equal(found[key], reference_predictions(model, ids, boundary, keep)), key
@@ -83,7 +89,8 @@ class OneLayerRecallLM(torch.nn.Module):
                 now = offset + t
                 earlier = [s for s in range(now) if row[s] == row[now]]
                 logits[b, t, row[earlier[-1] + 1] if earlier else 0] = 1.0
-        layers = [HistoryState(seen if j == self.memory_layer else layer.history) for j, layer in enumerate(state.layers)]
+        layers = [HistoryState(seen if j == self.memory_layer else layer.history)
+                  for j, layer in enumerate(state.layers)]
         return SimpleNamespace(logits=logits, state=RecurrentState(layers))
 
 
@@ -132,10 +139,7 @@ def test_the_fast_kernels_carry_the_ablated_states(family):
     boundary = 32
     with torch.no_grad(), runtime.use(backend="fla"):
         found = mqar_layers.query_predictions(model, ids, boundary, chunk=96)
-        rules = {("intact", None): lambda j: True, ("all", None): lambda j: False}
-        for i in range(3):
-            rules[("reset", i)] = lambda j, i=i: j != i
-            rules[("only", i)] = lambda j, i=i: j == i
+        rules = ablation_rules(3)
         assert set(found) == set(rules)
         for key, keep in rules.items():
             agree = (found[key] == reference_predictions(model, ids, boundary, keep)).float().mean().item()

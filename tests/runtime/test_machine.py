@@ -4,7 +4,8 @@ import torch
 from statex.compare.report import machines_line
 from statex.runtime import machine
 
-H100 = {"device": "NVIDIA H100 80GB HBM3", "python": "3.12.3", "torch": "2.11.0", "triton": "3.6.0", "fla-core": "0.6.0"}
+H100 = {"device": "NVIDIA H100 80GB HBM3", "python": "3.12.3", "torch": "2.11.0", "triton": "3.6.0",
+        "fla-core": "0.6.0"}
 CPU = {"device": "AMD EPYC 7763 64-Core Processor", "python": "3.12.3", "torch": "2.11.0", "triton": "-",
        "fla-core": "-"}
 

@@ -114,8 +114,9 @@ def add_compare_parser(sub) -> None:
     p.add_argument("--jobs", type=int, help="pieces side by side in this many processes: on a CPU of one thread "
                                             "each (default one per core; 1 runs them here); on a GPU sharing it "
                                             "(default 1: in turn; more for models too small to fill it)")
-    p.add_argument("--resume", action="store_true", help="continue a run in --out (the same spec, but seeds, eval and verdict may change: "
-                        "a changed eval evaluates every model again, training kept)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a run in --out (the same spec, but seeds, eval and verdict may change: a changed "
+                        "eval evaluates every model again, training kept)")
     p.add_argument("--plan", action="store_true", help="print the stages, state and parameter counts and tokens, "
                                                        "and exit (configs only: no weights or data are read)")
     p.add_argument("--no-progress", action="store_true")

@@ -200,6 +200,7 @@ def make_plan(spec: CompareSpec, out: str | Path) -> Plan:
     common = dict(data=text, text_field=spec.data.text_field, tokenizer=tokenizer, device=device,
                   cache_dir=cache)
     families, stages = {}, []
+    eval_key = evaluation_key(spec.to_dict()["eval"])
     for name, fam in spec.families.items():
         config = _base_config(spec, name, vocab_size)
         check_vocab(vocab_size, config.vocab_size, f"families.{name}", what="base")
@@ -238,17 +239,16 @@ def make_plan(spec: CompareSpec, out: str | Path) -> Plan:
                                        keep_attn_norm=v.keep_attn_norm, keep_ssm_params=v.keep_ssm_params,
                                        dt_init=v.dt_init)
         ev = spec.eval
-        eval_key = evaluation_key(spec.to_dict()["eval"])
         lengths = {t: _lengths(getattr(ev, t), context, post_len) for t in ("mqar", "mqar_layers", "passkey", "niah")
                    if getattr(ev, t) is not None}
         if ev.ppl is not None:
             lengths["ppl"] = [{"base": context, "post": post_len}.get(ev.ppl.length, ev.ppl.length)]
         families[name] = FamilyPlan(name, config, context, post_len, variants, expansions, lengths, references)
-        stages.append(Stage("eval", name, "base", None, root / "base" / "eval", model=base_model,
-                            options={"lengths": lengths, "eval_key": eval_key}))
+        request = {"lengths": lengths, "eval_key": eval_key}
+        stages.append(Stage("eval", name, "base", None, root / "base" / "eval", model=base_model, options=request))
         for ref in references:
             stages.append(Stage("eval", name, ref, None, root / ref / "eval", model=root / ref / "train" / "final",
-                                options={"lengths": lengths, "eval_key": eval_key}))
+                                options=request))
         for seed in spec.seed_list:
             for v in fam.variants:
                 directory = root / v.label / f"seed{seed}"
@@ -258,7 +258,7 @@ def make_plan(spec: CompareSpec, out: str | Path) -> Plan:
                                  f"families.{name}.train")
                 stages.append(Stage("train", name, v.label, seed, directory / "train", train=train))
                 stages.append(Stage("eval", name, v.label, seed, directory / "eval",
-                                    model=directory / "train" / "final", options={"lengths": lengths, "eval_key": eval_key}))
+                                    model=directory / "train" / "final", options=request))
     plan = Plan(spec, out, device, tokenizer, vocab_size, text, heldout, families, stages)
     from statex.compare.evaluation import check_evaluation
 

@@ -252,8 +252,9 @@ def write_report(out: Path, records: list[dict[str, Any]], plan, timings: dict[s
     seeds = plan.spec.seed_list
     needles = [t for t in NEEDLE_TASKS if any(v["needle_gain"].get(t) is not None for v in found)]
     lines = [f"# {plan.spec.name}", "", f"Command: `{command}`; {elapsed / 60:.1f} minutes in this invocation, on "
-             f"{machines_line(timings, plan.device)}. Seeds {', '.join(map(str, seeds))}: within a family every variant is post-trained from "
-             "the same base with the same budget, and seed s gives every variant the same data order.", "",
+             f"{machines_line(timings, plan.device)}. Seeds {', '.join(map(str, seeds))}: within a family every "
+             "variant is post-trained from the same base with the same budget, and seed s gives every variant the "
+             "same data order.", "",
              "## Verdicts", "",
              f"Rule: the cells past the base's capacity are the MQAR cells where the base scores below "
              f"{rule.capacity_threshold}. Per seed, gain = mean over those cells of the variant minus LPT (same seed). "

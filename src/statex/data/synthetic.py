@@ -139,10 +139,14 @@ def passkey_sequence(generator: torch.Generator, tokenizer, seq_len: int, depth:
         depth = float(torch.rand((), generator=generator, dtype=torch.float64))
     answer = tokenizer.encode(" " + key)
     prompt, _ = haystack_prompt(tokenizer, seq_len - len(answer), depth, PASSKEY_NEEDLE.format(key=key))
-    prompt = prompt[-(seq_len - len(answer)):]
-    ids = prompt + answer
-    pad = seq_len - len(ids)
-    ids = [tokenizer.eos_token_id] * pad + ids  # left-pad when the filler could not fill exactly
+    return _prompt_then_answer(prompt, answer, seq_len, tokenizer.eos_token_id)
+
+
+def _prompt_then_answer(prompt: list[int], answer: list[int], seq_len: int, pad_id: int):
+    """(ids, labels) of exactly ``seq_len`` tokens: the prompt's end, then the answer, labelled alone; left-padded
+    when the filler could not fill exactly."""
+    ids = prompt[-(seq_len - len(answer)):] + answer
+    ids = [pad_id] * (seq_len - len(ids)) + ids
     labels = [IGNORE] * (seq_len - len(answer)) + answer
     return torch.tensor(ids), torch.tensor(labels)
 
@@ -203,9 +207,4 @@ def niah_sequence(generator: torch.Generator, tokenizer, seq_len: int, depth: fl
     answer = tokenizer.encode(" " + value)
     prompt = niah_prompt(tokenizer, seq_len - len(answer), [(depth, NIAH_NEEDLE.format(key=key, value=value))],
                          NIAH_QUESTION.format(key=key) + NIAH_ANSWER_PREFIX.format(key=key))
-    prompt = prompt[-(seq_len - len(answer)):]
-    ids = prompt + answer
-    ids = [tokenizer.eos_token_id] * (seq_len - len(ids)) + ids
-    labels = [IGNORE] * (seq_len - len(answer)) + answer
-    return torch.tensor(ids), torch.tensor(labels)
-
+    return _prompt_then_answer(prompt, answer, seq_len, tokenizer.eos_token_id)

@@ -115,7 +115,8 @@ def add_eval_parser(sub) -> None:
     from statex.eval.config import EvalConfig, LIST_ITEMS
     from statex.runtime.settings import AUTOTUNE_MODES as MODES
 
-    p = sub.add_parser("eval", help="evaluate models: passkey, niah, mqar, mqar_layers, recall, ppl, icl, lm-eval tasks",
+    p = sub.add_parser("eval",
+                       help="evaluate models: passkey, niah, mqar, mqar_layers, recall, ppl, icl, lm-eval tasks",
                        description="Writes OUT/results.json, OUT/report.md (models side by side) and PNG plots. "
                                    "Every option may also come from --config FILE (YAML or JSON); flags win.")
     p.add_argument("models", nargs="+", metavar="MODEL", help="model directories")

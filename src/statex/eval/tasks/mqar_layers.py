@@ -14,9 +14,6 @@ import torch
 from statex.eval.common import EvalContext, Record, token_logprobs
 from statex.eval.tasks import mqar
 
-MODES = ("intact", "reset", "only", "all")
-
-
 def ablated_states(state, empty) -> list[tuple[str, int | None, object]]:
     """(mode, layer, state) for every ablation of ``state`` (a ``RecurrentState`` after the pairs); ``empty``:
     the model's empty state of the same batch."""

@@ -73,8 +73,9 @@ def teacher_forced(model, tokenizer, model_name: str, lengths, n: int, seed: int
 def format_baseline(tokenizer, n: int = 2000, seed: int = 0, sample=random_passkey, name: str = "passkey") -> float:
     """The teacher-forced token accuracy of a model that knows the answer's format but not the passkey: at each
     position of the tokenized answer it predicts the token most frequent there (fitted on n random passkeys,
-    scored on n others; ``sample``: another task's answers, drawn from a torch.Generator). A byte-level BPE that writes " 12345" as " ", then one digit per token, gives about
-    0.25: the space is free and each digit is a 1-in-10 guess, so a model must beat this to have read the needle."""
+    scored on n others; ``sample``: another task's answers, drawn from a torch.Generator). A byte-level BPE that
+    writes " 12345" as " ", then one digit per token, gives about 0.25: the space is free and each digit is a
+    1-in-10 guess, so a model must beat this to have read the needle."""
     from collections import Counter
 
     gen = torch.Generator().manual_seed(stable_seed(seed, f"{name}-format-baseline"))
