@@ -95,6 +95,30 @@ def test_passkey_and_niah_generators():
         niah.generate_examples(BYTES, 600, 0.5, 2, seed=0, variant=2, haystack="Essays are long. " * 10)
 
 
+def test_niah_needles_go_between_sentences_of_a_text_haystack():
+    import re
+
+    text = "Alpha beta gamma. Delta epsilon zeta eta! Theta iota kappa lambda mu? Nu xi omicron. " * 4
+    for length in (600, 900):
+        for depth in (0.0, 0.3, 0.5, 0.8, 1.0):
+            prompt = BYTES.decode(niah.generate_examples(BYTES, length, depth, 1, seed=0, variant=2,
+                                                         haystack=text)[0][0])
+            hay = prompt[prompt.index("afterwards.\n") + len("afterwards.\n"):prompt.index("\nWhat are all")]
+            needle = re.search(r" One of the special magic numbers for \w+ is: \d{7}\.", hay)
+            before, after = hay[:needle.start()], hay[needle.end():]
+            # RULER's join: sentence, space, needle, space, next sentence; never inside a sentence or a word
+            assert before == "" or before.endswith((".", "!", "?")), (depth, before[-20:])
+            assert after == "" or after.startswith(" ") and after[1:2] in ("", *"ADNT"), (depth, after[:20])
+            assert abs(len(before) / (len(before) + len(after)) - depth) < 0.2
+    # a text without sentence ends: the needle still goes at a word start
+    words = niah.generate_examples(BYTES, 600, 0.5, 1, seed=0, variant=2, haystack="lorem ipsum dolor " * 40)
+    assert re.search(r"(lorem|ipsum|dolor) One of the special magic numbers for \w+ is: \d{7}\. (lorem|ipsum|dolor)",
+                     BYTES.decode(words[0][0]))
+    # the repeated-sentence haystack keeps its lines whole: the needle sits between two of them
+    noise = BYTES.decode(niah.generate_examples(BYTES, 800, 0.5, 1, seed=0, variant=1)[0][0])
+    assert re.search(r"again\.\nOne of the special magic numbers for \w+ is: \d{7}\.\nThe grass", noise)
+
+
 def test_oracle_scores_100_percent_and_random_model_near_chance():
     options = dict(lengths=[300, 600], depths=[0.0, 0.5, 1.0], pairs=[4, 16], mqar_lengths=[128])
     oracle = evaluate({"oracle": OracleLM()}, ["passkey", "mqar"], BYTES, n=3, progress=False, **options)

@@ -164,21 +164,25 @@ def niah_value(generator: torch.Generator, variant: int = 1) -> str:
 def niah_prompt(tokenizer, length: int, needles: list[tuple[float, str]], suffix: str,
                 haystack: list[int] | None = None) -> list[int]:
     """NIAH_PREFIX, a haystack with the needles (depth, text) inserted, then ``suffix``: ``length`` tokens when
-    the fixed parts fit. ``haystack``: None (NIAH_NOISE repeated; needles go between sentences) or a text's token
-    ids (encoded once by the caller)."""
+    the fixed parts fit. ``haystack``: None (NIAH_NOISE repeated; needles go between its lines) or a text's token
+    ids (encoded once by the caller), repeated as needed; a needle then goes between two sentences, set off by a
+    space as RULER joins them (github.com/NVIDIA/RULER, essay haystack), never inside a word."""
     prefix, tail = tokenizer.encode(NIAH_PREFIX), tokenizer.encode(suffix)
-    needle_ids = [(d, tokenizer.encode(text)) for d, text in needles]
+    if haystack is None:
+        needle_ids = [(d, tokenizer.encode(text)) for d, text in needles]
+    else:
+        needle_ids = [(d, tokenizer.encode(" " + text.strip())) for d, text in needles]
     budget = max(0, length - len(prefix) - len(tail) - sum(len(n) for _, n in needle_ids))
     if haystack is None:
         unit = tokenizer.encode(NIAH_NOISE)
-        sentences = [unit] * max(1, -(-budget // len(unit)))
+        hay = (unit * max(1, -(-budget // len(unit))))[:budget]
+        boundaries = list(range(0, len(hay) + 1, len(unit)))
     else:
-        text_ids = haystack
-        while len(text_ids) < budget:
-            text_ids = text_ids + text_ids
-        sentences = [[t] for t in text_ids[:budget]]
-    hay = [t for s in sentences for t in s][:budget]
-    boundaries = list(range(0, len(hay) + 1, len(sentences[0]) if haystack is None else 1))
+        hay = list(haystack)
+        while len(hay) < budget:
+            hay = hay + list(haystack)
+        hay = hay[:budget]
+        boundaries = _sentence_boundaries(tokenizer, hay)
     inserts = sorted(((min(boundaries, key=lambda b: abs(b - d * len(hay))), n) for d, n in needle_ids),
                      key=lambda x: x[0])
     out, previous = list(prefix), 0
@@ -186,6 +190,20 @@ def niah_prompt(tokenizer, length: int, needles: list[tuple[float, str]], suffix
         out += hay[previous:cut] + needle
         previous = cut
     return out + hay[previous:] + tail
+
+
+_SENTENCE_END = (".", "!", "?", '."', '!"', '?"', ".'", "!'", "?'", ".)", "!)", "?)")
+
+
+def _sentence_boundaries(tokenizer, hay: list[int]) -> list[int]:
+    """Where a needle may go in ``hay`` (token ids): 0 and every place where a sentence has ended and the next
+    token begins with whitespace (the end too, when the text ends a sentence there); in a text with no such place,
+    every word start. The text's last, cut-off sentence is never split."""
+    texts = {t: tokenizer.decode([t]) for t in set(hay)}
+    ends_sentence = [texts[t].rstrip().endswith(_SENTENCE_END) for t in hay]
+    starts_word = [i for i in range(1, len(hay) + 1) if i == len(hay) or texts[hay[i]][:1].isspace()]
+    cuts = [i for i in starts_word if ends_sentence[i - 1]] or starts_word[:-1]
+    return sorted({0, *cuts})
 
 
 def niah_min_len(tokenizer) -> int:

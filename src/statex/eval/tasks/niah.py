@@ -43,7 +43,9 @@ def generate_examples(tokenizer, length: int, depth: float, n: int, seed: int, v
 
 
 def encode_haystack(tokenizer, text: str) -> list[int]:
-    ids = tokenizer.encode(text)
+    """The haystack text's token ids, from a space as RULER's context begins (and as its sentences are joined):
+    a needle set before its first sentence is then followed by a word start, as everywhere else."""
+    ids = tokenizer.encode(" " + text.lstrip()) if text.strip() else []
     if not ids:
         raise StatexError("the haystack text is empty")
     return ids
