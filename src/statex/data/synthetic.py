@@ -178,10 +178,7 @@ def niah_prompt(tokenizer, length: int, needles: list[tuple[float, str]], suffix
         hay = (unit * max(1, -(-budget // len(unit))))[:budget]
         boundaries = list(range(0, len(hay) + 1, len(unit)))
     else:
-        hay = list(haystack)
-        while len(hay) < budget:
-            hay = hay + list(haystack)
-        hay = hay[:budget]
+        hay = (list(haystack) * (budget // len(haystack) + 1))[:budget]
         boundaries = _sentence_boundaries(tokenizer, hay)
     inserts = sorted(((min(boundaries, key=lambda b: abs(b - d * len(hay))), n) for d, n in needle_ids),
                      key=lambda x: x[0])

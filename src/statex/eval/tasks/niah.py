@@ -84,11 +84,8 @@ def teacher_forced(model, tokenizer, model_name: str, lengths, n: int, seed: int
     """Share of the needle's value tokens predicted by argmax when the prompt is followed by the value itself
     (one forward pass, no generation), per variant and length, as ``passkey.teacher_forced`` does for passkey:
     above the format baseline (``params["baseline"]``) a model reads the needle, whatever it then generates."""
-    from statex.eval.common import token_logprobs
-    from statex.eval.tasks.mqar import score
-    from statex.eval.tasks.passkey import format_baseline
+    from statex.eval.tasks.passkey import answer_token_hits, format_baseline
 
-    device = next(model.parameters()).device
     pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
     haystack_ids = encode_haystack(tokenizer, haystack) if haystack is not None and 2 in variants else None
     records = []
@@ -100,14 +97,7 @@ def teacher_forced(model, tokenizer, model_name: str, lengths, n: int, seed: int
             for ids, (value,) in generate_examples(tokenizer, length, depth, n, seed, variant, 1, haystack_ids):
                 answer = tokenizer.encode(" " + value)
                 rows.append((ids + answer, [-100] * len(ids) + answer))
-            correct = total = 0
-            for start in range(0, n, batch_size):
-                group = rows[start:start + batch_size]
-                width = max(len(ids) for ids, _ in group)  # right padding: no real position sees it
-                ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in group], device=device)
-                labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in group], device=device)
-                hits, count = score(token_logprobs(model, ids, chunk=chunk, want="argmax"), labels)
-                correct, total = correct + hits, total + count
+            correct, total = answer_token_hits(model, rows, batch_size, chunk, pad)
             records.append(Record(model_name, f"niah_single_{variant}_forced", f"length={length} depth={depth:.2f}",
                                   "token_accuracy", correct / max(1, total), n,
                                   {"length": length, "depth": depth, "baseline": baseline,

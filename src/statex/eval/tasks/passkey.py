@@ -50,24 +50,35 @@ def teacher_forced(model, tokenizer, model_name: str, lengths, n: int, seed: int
     and the answer so far, one forward pass per batch, no generation, on the training sequences' format
     (``passkey_sequence``). High here but zero in the task points at generation; at the format baseline (each
     record's ``params["baseline"]``, see ``format_baseline``) and zero in the task, at learning."""
-    from statex.eval.tasks.mqar import score
-
-    device = next(model.parameters()).device
     baseline = format_baseline(tokenizer, seed=seed)
     records = []
     for length in lengths:
         gen = torch.Generator().manual_seed(stable_seed(seed, length, round(depth * 1000), "passkey-forced"))
         pairs = [passkey_sequence(gen, tokenizer, length, depth) for _ in range(n)]
-        correct = total = 0
-        for start in range(0, n, batch_size):
-            ids = torch.stack([p[0] for p in pairs[start:start + batch_size]]).to(device)
-            labels = torch.stack([p[1] for p in pairs[start:start + batch_size]]).to(device)
-            hits, count = score(token_logprobs(model, ids, chunk=chunk, want="argmax"), labels)
-            correct, total = correct + hits, total + count
+        correct, total = answer_token_hits(model, [(i.tolist(), lab.tolist()) for i, lab in pairs], batch_size, chunk)
         records.append(Record(model_name, "passkey_forced", f"length={length} depth={depth:.2f}", "token_accuracy",
                               correct / max(1, total), n, {"length": length, "depth": depth,
                                                                           "baseline": baseline}))
     return records
+
+
+@torch.no_grad()
+def answer_token_hits(model, rows: list[tuple[list[int], list[int]]], batch_size: int, chunk: int = 2048,
+                      pad: int = 0) -> tuple[int, int]:
+    """(labelled tokens predicted by argmax, labelled tokens) over rows of (ids, labels), one forward pass per
+    batch; rows of unequal length are right-padded with ``pad`` (no real position sees it) and -100 labels."""
+    from statex.eval.tasks.mqar import score
+
+    device = next(model.parameters()).device
+    correct = total = 0
+    for start in range(0, len(rows), batch_size):
+        group = rows[start:start + batch_size]
+        width = max(len(ids) for ids, _ in group)
+        ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in group], device=device)
+        labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in group], device=device)
+        hits, count = score(token_logprobs(model, ids, chunk=chunk, want="argmax"), labels)
+        correct, total = correct + hits, total + count
+    return correct, total
 
 
 def format_baseline(tokenizer, n: int = 2000, seed: int = 0, sample=random_passkey, name: str = "passkey") -> float:
