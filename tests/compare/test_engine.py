@@ -180,6 +180,28 @@ def test_a_changed_evaluation_on_resume_evaluates_again_and_keeps_the_training(f
     assert main(_argv(out, corpus, "--resume", "--set", "eval.mqar.pairs=[8]", "--set", "train.lr=2e-3")) == 2
 
 
+def test_a_task_changed_in_statex_evaluates_again_on_resume(finished, corpus, tmp_path, capsys):
+    """An evaluation recorded before a task's prompts changed (its version absent, i.e. 1, where NIAH is 2 now) is
+    stale: --resume evaluates the model again and keeps its training; records of the current versions are kept."""
+    import shutil
+
+    from statex.eval.tasks import TASK_VERSIONS
+
+    assert TASK_VERSIONS["niah"] > 1
+    out = tmp_path / "task-changed"
+    shutil.copytree(finished[0], out)
+    stale = next(p for p in out.rglob("eval/stage.json") if p.parent.parent.name == "seed1")
+    record = json.loads(stale.read_text())
+    assert record["task_versions"]["niah"] == TASK_VERSIONS["niah"]
+    stale.write_text(json.dumps({k: v for k, v in record.items() if k != "task_versions"}))
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.json") if p.parent.name in ("train", "eval")}
+    assert main(["compare", str(TINY), "--data", str(corpus), "--out", str(out), "--jobs", "1", "--resume"]) == 0
+    assert "niah changed in statex since these models were evaluated" in capsys.readouterr().out
+    changed = {p for p, t in stamps.items() if p.stat().st_mtime_ns != t}
+    assert changed == {stale, stale.parent / "records.json"}
+    assert json.loads(stale.read_text())["task_versions"] == record["task_versions"]
+
+
 def test_one_prewarm_covers_the_workloads_every_stage_asks_for(finished, corpus):
     """The keys of engine.workloads() equal those the trainer and the evaluation compute from the stages' real
     configs (history and all), so on CUDA no stage starts a prewarm of its own."""

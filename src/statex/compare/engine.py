@@ -122,9 +122,17 @@ def _finished(stage: Stage, any_evaluation: bool = False) -> dict[str, Any] | No
         record = json.loads((stage.directory / STAGE_RECORD).read_text())
     except (OSError, ValueError):
         return None
-    if stage.kind == "eval" and not any_evaluation and record.get("eval_key") != stage.options.get("eval_key"):
+    if stage.kind == "eval" and not any_evaluation and (record.get("eval_key") != stage.options.get("eval_key")
+                                                         or _outdated_tasks(stage, record)):
         return None
     return record
+
+
+def _outdated_tasks(stage: Stage, record: dict[str, Any]) -> list[str]:
+    """The tasks of an evaluation stage whose prompts or scoring changed since its record was written."""
+    recorded = record.get("task_versions") or {}
+    return [task for task, version in (stage.options.get("task_versions") or {}).items()
+            if recorded.get(task, 1) != version]
 
 
 def _release_gpu() -> None:
@@ -200,7 +208,7 @@ def run_eval_stage(stage: Stage, ev, tokenizer: str, heldout: str | None, haysta
     write_atomic(stage.directory / "records.json", dumps_strict(rows, indent=1) + "\n")
     record = {"seconds": round(seconds, 1), "machine": machine.describe(device), "tokens": tokens,
               "tokens_per_s": round(tokens / max(seconds, 1e-9)), "parts": parts,
-              "eval_key": stage.options.get("eval_key")}
+              "eval_key": stage.options.get("eval_key"), "task_versions": stage.options.get("task_versions")}
     write_atomic(stage.directory / STAGE_RECORD, json.dumps(record, indent=1) + "\n")
     return record
 
@@ -294,6 +302,13 @@ def run_compare(spec: CompareSpec, out: str | Path, resume: bool = False, jobs: 
             _stamp_evaluations(plan, evaluated_with)
             if evaluation_key(evaluated_with) != evaluation_key(spec.to_dict()["eval"]):
                 say("the eval section changed: every model is evaluated again (its training is kept)")
+            else:
+                outdated = sorted({task for stage in plan.stages if stage.kind == "eval"
+                                   for record in [_finished(stage, any_evaluation=True)] if record is not None
+                                   for task in _outdated_tasks(stage, record)})
+                if outdated:
+                    say(f"{', '.join(outdated)} changed in statex since these models were evaluated: they are "
+                        "evaluated again (their training is kept)")
         write_atomic(out / SPEC_RECORD, json.dumps(spec.to_dict(), indent=1) + "\n")
         _prepare_data(plan, say)
         gpu = plan.device == "cuda"

@@ -49,6 +49,15 @@ def task_requests(ev: EvalSpec, lengths: dict[str, list[int]], heldout: str | No
     return requests
 
 
+def task_versions(ev: EvalSpec, lengths: dict[str, list[int]]) -> dict[str, int]:
+    """The version of every statex.eval task the spec's ``eval`` runs: an evaluation recorded with older ones is
+    stale."""
+    from statex.eval.tasks import TASK_VERSIONS
+
+    return {name: TASK_VERSIONS[name] for names, _ in task_requests(ev, lengths, None, None).values()
+            for name in names}
+
+
 def check_evaluation(plan: Plan) -> None:
     """Every argument error of the evaluation, per family, before any work (files that the comparison writes
     itself, the generated held-out text and a trained tokenizer, are checked when they exist)."""

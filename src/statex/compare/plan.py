@@ -180,6 +180,7 @@ def _lengths(grid, context: int, post_len: int) -> list[int]:
 
 def make_plan(spec: CompareSpec, out: str | Path) -> Plan:
     """Every stage of the comparison, each request resolved and checked (configs only: no weights, no data)."""
+    from statex.compare.evaluation import task_versions
     from statex.expand import plan_expansion
     from statex.train import resolve_config
 
@@ -244,7 +245,7 @@ def make_plan(spec: CompareSpec, out: str | Path) -> Plan:
         if ev.ppl is not None:
             lengths["ppl"] = [{"base": context, "post": post_len}.get(ev.ppl.length, ev.ppl.length)]
         families[name] = FamilyPlan(name, config, context, post_len, variants, expansions, lengths, references)
-        request = {"lengths": lengths, "eval_key": eval_key}
+        request = {"lengths": lengths, "eval_key": eval_key, "task_versions": task_versions(ev, lengths)}
         stages.append(Stage("eval", name, "base", None, root / "base" / "eval", model=base_model, options=request))
         for ref in references:
             stages.append(Stage("eval", name, ref, None, root / ref / "eval", model=root / ref / "train" / "final",
