@@ -69,3 +69,27 @@ def test_the_demo_spec_plans_its_documented_budget(tmp_path):
     train = next(s.train for s in plan.stages if s.kind == "train" and s.family == "gla")
     assert (train.seq_len, train.batch_size, train.min_lr, train.warmup, train.save_every) == (256, 16, 3e-3 / 10, 30, 600)
     assert len(plan.pieces()) == 2 * (1 + 3 * 3)
+
+
+@pytest.mark.parametrize("name", ["gla.yaml", "mamba2.yaml", "mamba2-recall-layers.yaml"])
+def test_the_lm_recall_specs_plan_with_one_budget_per_family(tmp_path, corpus, name):
+    spec = load_spec(EXPERIMENTS / "lm-recall" / name, [parse_override(f"data.text={corpus / 'train'}"),
+                                                         parse_override(f"data.heldout={corpus}/heldout/heldout.txt"),
+                                                         parse_override(f"data.haystack={corpus}/heldout/haystack.txt")])
+    plan = make_plan(spec, tmp_path / "out")
+    (fam,) = plan.families.values()
+    assert fam.context == 512 and fam.post_len == 2048 and fam.lengths["mqar"] == [512, 1024, 2048, 4096]
+    train = [s.train for s in plan.stages if s.kind == "train"]
+    assert len(train) == 2 * len(fam.variants)
+    assert len({(t.steps, t.seq_len, t.lr, t.batch_size, str(t.synthetic)) for t in train}) == 1
+
+
+def test_the_recall_layers_spec_is_the_mamba2_spec_but_for_its_variants(corpus):
+    data = [parse_override(f"data.{k}={corpus}/{v}") for k, v in (("text", "train"), ("heldout", "heldout/heldout.txt"),
+                                                                   ("haystack", "heldout/haystack.txt"))]
+    plain, recall = (load_spec(EXPERIMENTS / "lm-recall" / n, data).to_dict() for n in ("mamba2.yaml",
+                                                                                        "mamba2-recall-layers.yaml"))
+    for spec in (plain, recall):
+        spec.pop("name")
+        spec["families"]["mamba2"].pop("variants")
+    assert plain == recall

@@ -226,6 +226,25 @@ def run_piece(stages: list[Stage], ev, tokenizer: str, heldout: str | None, hays
     return [s.name for s in stages]
 
 
+def _choose_recall_layers(plan: Plan, ev, data, verbose: bool, common: dict[str, Any], say) -> None:
+    """Variants with ``layers: "recall:K"``: their bases evaluated first where no choice is kept yet, then every
+    such variant's layers set (compare.recall_layers)."""
+    from statex.compare import recall_layers
+    from statex.compare.parallel import run_tasks
+
+    waiting = recall_layers.pending(plan)
+    unchosen = {family for family, label in waiting
+                if not (plan.out / family / label / recall_layers.CHOICE_FILE).is_file()}
+    first = {stages[0].piece: stages for stages in plan.pieces()
+             if stages[0].family in unchosen and stages[0].variant == "base" and _finished(stages[0]) is None}
+    if first:
+        say("evaluating the base first: a variant's layers are chosen from its mqar_layers")
+        run_tasks({name: (run_piece, (stages, ev, plan.tokenizer, plan.heldout, data.haystack, plan.device, verbose))
+                   for name, stages in first.items()}, watch={}, **common)
+    if waiting:
+        recall_layers.resolve(plan, say)
+
+
 def _prepare_data(plan: Plan, say) -> None:
     from statex.data.templates import write_corpus, write_heldout
 
@@ -330,6 +349,7 @@ def run_compare(spec: CompareSpec, out: str | Path, resume: bool = False, jobs: 
         if pretrain:
             run_tasks(pretrain, watch={name: next(s.directory for s in args[0] if _finished(s) is None)
                                        for name, (_, args) in pretrain.items()}, **common)
+        _choose_recall_layers(plan, ev, data, verbose, common, say)
         pieces = {stages[0].piece: stages for stages in plan.pieces()
                   if any(_finished(s) is None for s in stages)}
         tasks = {name: (run_piece, (stages, ev, plan.tokenizer, plan.heldout, data.haystack, plan.device, verbose))

@@ -181,6 +181,7 @@ def _lengths(grid, context: int, post_len: int) -> list[int]:
 def make_plan(spec: CompareSpec, out: str | Path) -> Plan:
     """Every stage of the comparison, each request resolved and checked (configs only: no weights, no data)."""
     from statex.compare.evaluation import task_versions
+    from statex.compare.recall_layers import recall_count
     from statex.expand import plan_expansion
     from statex.train import resolve_config
 
@@ -230,13 +231,20 @@ def make_plan(spec: CompareSpec, out: str | Path) -> Plan:
             if v.mode is None:
                 variants[v.label], expansions[v.label] = config, {}
                 continue
+            chosen_later = recall_count(v.layers)
+            if chosen_later is not None and chosen_later > config.n_layer:
+                raise StatexError(f"families.{name}.variants {v.label}: layers {v.layers} of a {config.n_layer}-layer "
+                                  "base")
+            # recall:K: the first K layers stand in (the same shapes and counts) until the base's evaluation
+            # chooses them (compare.recall_layers)
+            layer_spec = v.layers if chosen_later is None else ",".join(map(str, range(chosen_later)))
             try:
-                layers, expanded = plan_expansion(config, v.layers, v.mode, heads=v.heads, factor=v.factor,
+                layers, expanded = plan_expansion(config, layer_spec, v.mode, heads=v.heads, factor=v.factor,
                                                    dt_init=v.dt_init)
             except StatexError as exc:
                 raise StatexError(f"families.{name}.variants {v.label}: {exc}") from None
             variants[v.label] = expanded
-            expansions[v.label] = dict(expand_layers=v.layers, mode=v.mode, heads=v.heads, factor=v.factor,
+            expansions[v.label] = dict(expand_layers=layer_spec, mode=v.mode, heads=v.heads, factor=v.factor,
                                        keep_attn_norm=v.keep_attn_norm, keep_ssm_params=v.keep_ssm_params,
                                        dt_init=v.dt_init)
         ev = spec.eval
@@ -301,6 +309,7 @@ def _resolve(resolve_config, values: dict[str, Any], where: str):
 
 def describe_plan(plan: Plan) -> list[str]:
     """The plan as text: each family's state and parameters per variant, and every stage with its tokens."""
+    from statex.compare.recall_layers import recall_count
     from statex.data.dataset import parse_synthetic, sequence_lengths
     from statex.summary import describe_config
 
@@ -309,9 +318,13 @@ def describe_plan(plan: Plan) -> list[str]:
     for fam in plan.families.values():
         lines.append(f"{fam.name}: base context {fam.context}, post-training context {fam.post_len}; evaluation "
                      + "; ".join(f"{t} at {', '.join(map(str, v))}" for t, v in fam.lengths.items()))
+        chosen_later = {v.label: v.layers for v in plan.spec.families[fam.name].variants
+                        if recall_count(v.layers) is not None}
         for label, config in {"base": fam.config, **fam.references, **fam.variants}.items():
             info = describe_config(config)
-            lines.append(f"  {label:<20} state {info['total_state_elements']:>14,}  params {info['total_params']:>15,}")
+            lines.append(f"  {label:<20} state {info['total_state_elements']:>14,}  params {info['total_params']:>15,}"
+                         + (f"  layers {chosen_later[label]}: chosen from the base's mqar_layers once it is evaluated"
+                            if label in chosen_later else ""))
     total = 0
     for stage in plan.stages:
         total += stage.tokens

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 def validate_spec(spec: CompareSpec) -> CompareSpec:
     """Every error of a spec that its values alone reveal (the bases' configs are checked by the plan)."""
+    from statex.compare.recall_layers import recall_count
     from statex.compare.spec import VARIANT_TRAIN_FIELDS
     from statex.expand import GLA_MODES, MAMBA2_MODES
 
@@ -78,6 +79,9 @@ def validate_spec(spec: CompareSpec) -> CompareSpec:
                                   f"{', '.join(GLA_MODES)}; Mamba2: {', '.join(MAMBA2_MODES)})")
             if v.layers is None:
                 raise StatexError(f"{where}.variants[{i}].layers: required for a StateX mode (e.g. every:6)")
+            if recall_count(v.layers) is not None and spec.eval.mqar_layers is None:
+                raise StatexError(f"{where}.variants[{i}].layers {v.layers}: needs eval.mqar_layers (the base's "
+                                  "measurement of which layers hold its recall)")
             if v.heads < 1 or v.factor < 2:
                 raise StatexError(f"{where}.variants[{i}]: heads must be >= 1 and factor >= 2")
         for key in fam.train:

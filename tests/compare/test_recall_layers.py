@@ -1,0 +1,96 @@
+"""A variant's layers chosen from the base's own mqar_layers evaluation (``layers: "recall:K"``)."""
+import json
+
+import pytest
+
+import statex
+from statex.cli import main
+from statex.compare.recall_layers import choose_layers, layer_costs, recall_count
+from statex.errors import StatexError
+
+from .conftest import TINY
+
+RECALL_VARIANTS = '[lpt, {name: statex-recall, mode: preserve, layers: "recall:1", factor: 2}]'
+
+
+def _row(mode, value, length=64, pairs=8, layer=None):
+    return {"task": "mqar_layers", "value": value,
+            "params": {"length": length, "pairs": pairs, "mode": mode, "layer": layer}}
+
+
+def test_costs_are_the_accuracy_lost_per_layer_averaged_over_cells():
+    records = [_row("intact", 0.9), _row("reset", 0.2, layer=0), _row("reset", 0.85, layer=1),
+               _row("reset", 0.5, layer=2), _row("only", 0.6, layer=0), _row("all", 0.01),
+               _row("intact", 0.6, pairs=32), _row("reset", 0.4, pairs=32, layer=0),
+               _row("reset", 0.6, pairs=32, layer=1), _row("reset", 0.1, pairs=32, layer=2),
+               {"task": "mqar", "value": 1.0, "params": {"length": 64, "pairs": 8}}]
+    costs = layer_costs(records)
+    assert costs == pytest.approx({0: (0.7 + 0.2) / 2, 1: (0.05 + 0.0) / 2, 2: (0.4 + 0.5) / 2})
+    assert choose_layers(costs, 1) == [0]  # 0.45 each: the tie goes to the lower layer
+    assert choose_layers({0: 0.1, 1: 0.3, 2: 0.05, 3: 0.2}, 2) == [1, 3]
+    with pytest.raises(StatexError, match="measured 3 layers"):
+        choose_layers(costs, 4)
+
+
+@pytest.mark.parametrize("spec, count", [("recall:2", 2), (" Recall:3 ", 3), ("every:4", None), ("0,2", None),
+                                         ([0, 2], None), (None, None)])
+def test_recall_count(spec, count):
+    assert recall_count(spec) == count
+
+
+@pytest.mark.parametrize("spec", ["recall:", "recall:0", "recall:x", "recall:-1"])
+def test_recall_count_refuses_a_bad_k(spec):
+    with pytest.raises(StatexError, match="recall:K"):
+        recall_count(spec)
+
+
+def _argv(out, corpus, *extra):
+    return ["compare", str(TINY), "--data", str(corpus), "--out", str(out), "--no-progress", "--jobs", "1",
+            "--families", "mamba2", "--set", f"families.mamba2.variants={RECALL_VARIANTS}", *extra]
+
+
+def test_a_recall_variant_expands_the_layers_the_base_needs_and_keeps_its_choice(corpus, tmp_path):
+    out = tmp_path / "run"
+    assert main(_argv(out, corpus, "--seeds", "1")) == 0
+    base = json.loads((out / "mamba2" / "base" / "eval" / "records.json").read_text())
+    whole = {(r["params"]["length"], r["params"]["pairs"]): r["value"] for r in base
+             if r["task"] == "mqar_layers" and r["params"]["mode"] == "intact"}
+    lost = {layer: sum(whole[r["params"]["length"], r["params"]["pairs"]] - r["value"] for r in base
+                       if r["task"] == "mqar_layers" and r["params"]["mode"] == "reset" and r["params"]["layer"] == layer)
+            / len(whole) for layer in (0, 1)}
+    expected = 0 if lost[0] >= lost[1] else 1
+    kept = json.loads((out / "mamba2" / "statex-recall" / "layers.json").read_text())
+    assert kept["layers"] == [expected]
+    assert kept["costs"] == {str(k): pytest.approx(v, abs=1e-4) for k, v in lost.items()}
+    trained = out / "mamba2" / "statex-recall" / "seed0" / "train"
+    assert json.loads((trained / "train_config.json").read_text())["expand_layers"] == str(expected)
+    config = statex.load_config(trained / "final")[0]
+    assert [layer.d_state for layer in config.layers] == [16 if i == expected else 8 for i in range(2)]
+    assert f"layers recall:1 (layers {expected})" in (out / "report.md").read_text()
+    # a resumed run with another seed trains it on the kept choice, whatever the base's records say now
+    other = 1 - expected
+    (out / "mamba2" / "statex-recall" / "layers.json").write_text(json.dumps({"layers": [other]}))
+    assert main(_argv(out, corpus, "--seeds", "2", "--resume")) == 0
+    again = out / "mamba2" / "statex-recall" / "seed1" / "train"
+    assert json.loads((again / "train_config.json").read_text())["expand_layers"] == str(other)
+    assert [layer.d_state for layer in statex.load_config(again / "final")[0].layers] == [
+        16 if i == other else 8 for i in range(2)]
+
+
+def test_plan_names_the_layers_as_chosen_later(corpus, tmp_path, capsys):
+    assert main(_argv(tmp_path / "plan", corpus, "--plan")) == 0
+    printed = capsys.readouterr().out
+    assert "statex-recall" in printed and "layers recall:1: chosen from the base's mqar_layers" in printed
+    assert not (tmp_path / "plan").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("eval.mqar_layers=null", "needs eval.mqar_layers"),
+    ('families.mamba2.variants=[lpt, {mode: preserve, layers: "recall:3", factor: 2}]', "of a 2-layer base"),
+    ('families.mamba2.variants=[lpt, {mode: preserve, layers: "recall:two", factor: 2}]', "K of recall:K"),
+])
+def test_bad_recall_layers_are_refused_before_any_work(corpus, tmp_path, capsys, override, message):
+    out = tmp_path / "refused"
+    assert main(_argv(out, corpus, "--set", override)) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
