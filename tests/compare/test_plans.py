@@ -71,7 +71,7 @@ def test_the_demo_spec_plans_its_documented_budget(tmp_path):
     assert len(plan.pieces()) == 2 * (1 + 3 * 3)
 
 
-@pytest.mark.parametrize("name", ["gla.yaml", "mamba2.yaml", "mamba2-recall-layers.yaml"])
+@pytest.mark.parametrize("name", ["gla.yaml", "mamba2.yaml", "gla-recall-layers.yaml", "mamba2-recall-layers.yaml"])
 def test_the_lm_recall_specs_plan_with_one_budget_per_family(tmp_path, corpus, name):
     spec = load_spec(EXPERIMENTS / "lm-recall" / name, [parse_override(f"data.text={corpus / 'train'}"),
                                                          parse_override(f"data.heldout={corpus}/heldout/heldout.txt"),
@@ -84,12 +84,14 @@ def test_the_lm_recall_specs_plan_with_one_budget_per_family(tmp_path, corpus, n
     assert len({(t.steps, t.seq_len, t.lr, t.batch_size, str(t.synthetic)) for t in train}) == 1
 
 
-def test_the_recall_layers_spec_is_the_mamba2_spec_but_for_its_variants(corpus):
+@pytest.mark.parametrize("family", ["gla", "mamba2"])
+def test_a_recall_layers_spec_is_its_family_spec_but_for_its_variants(corpus, family):
     data = [parse_override(f"data.{k}={corpus}/{v}") for k, v in (("text", "train"), ("heldout", "heldout/heldout.txt"),
                                                                    ("haystack", "heldout/haystack.txt"))]
-    plain, recall = (load_spec(EXPERIMENTS / "lm-recall" / n, data).to_dict() for n in ("mamba2.yaml",
-                                                                                        "mamba2-recall-layers.yaml"))
+    plain, recall = (load_spec(EXPERIMENTS / "lm-recall" / n, data).to_dict() for n in (f"{family}.yaml",
+                                                                                        f"{family}-recall-layers.yaml"))
+    assert any(v["layers"] == "recall:2" for v in recall["families"][family]["variants"])
     for spec in (plain, recall):
         spec.pop("name")
-        spec["families"]["mamba2"].pop("variants")
+        spec["families"][family].pop("variants")
     assert plain == recall
