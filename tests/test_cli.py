@@ -161,3 +161,49 @@ def test_expand_cli_factor_below_two(tmp_path):
     _assert_one_line_error(run_cli("expand", tmp_path / "s", tmp_path / "d", "--layers", "0", "--factor", "1"),
                            "factor must be an integer >= 2")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+
+
+def _mqar_layers_results(path, model, lost):
+    """A results.json of `statex eval MODEL --tasks mqar_layers` in which emptying layer i costs ``lost[i]``."""
+    cell = {"length": 64, "pairs": 8}
+    rows = [{"model": model, "task": "mqar_layers", "setting": "", "metric": "accuracy", "value": 0.9, "n": 4,
+             "params": {**cell, "mode": "intact", "layer": None}}]
+    rows += [{"model": model, "task": "mqar_layers", "setting": "", "metric": "accuracy", "value": 0.9 - cost, "n": 4,
+              "params": {**cell, "mode": "reset", "layer": i}} for i, cost in enumerate(lost)]
+    path.write_text(json.dumps(rows))
+    return path
+
+
+def test_expand_cli_recall_layers_expands_where_the_model_recalls(tmp_path):
+    statex.build_model(statex.mamba2_config(257, 32, 3, d_state=8, headdim=8), seed=0).save_pretrained(tmp_path / "src")
+    results = _mqar_layers_results(tmp_path / "results.json", "src", [0.05, 0.0, 0.6])
+    result = run_cli("expand", tmp_path / "src", tmp_path / "dst", "--layers", "recall:1", "--recall-from", results,
+                     "--mode", "preserve", "--factor", "2")
+    assert result.returncode == 0, result.stderr
+    assert "layer 2, where the recall is held (emptying each costs MQAR 0.600; any other layer at most 0.050)" \
+        in result.stdout
+    assert [s.d_state for s in statex.load_config(tmp_path / "dst")[0].layers] == [8, 8, 16]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--layers", "recall:1"], "needs --recall-from"),
+    (["--layers", "0", "--recall-from", "r.json"], "--recall-from goes with --layers recall:K"),
+    (["--layers", "recall:1", "--recall-from", "missing.json"], "not a readable statex eval results.json"),
+    (["--layers", "recall:1", "--recall-from", "two.json"], "name one"),
+    (["--layers", "recall:1", "--recall-from", "four.json"], "a 4-layer model, SRC has 3 layers"),
+    (["--layers", "recall:4", "--recall-from", "r.json"], "4 layers asked for"),
+])
+def test_expand_cli_bad_recall_layers_write_nothing(tmp_path, flags, message):
+    statex.build_model(statex.mamba2_config(257, 32, 3, d_state=8, headdim=8), seed=0).save_pretrained(tmp_path / "src")
+    _mqar_layers_results(tmp_path / "r.json", "src", [0.1, 0.2, 0.3])
+    two = json.loads(_mqar_layers_results(tmp_path / "b.json", "b", [0.1, 0.2, 0.3]).read_text())
+    (tmp_path / "two.json").write_text(json.dumps(json.loads((tmp_path / "r.json").read_text()) + two))
+    _mqar_layers_results(tmp_path / "four.json", "src", [0.1, 0.2, 0.3, 0.4])
+    before = sorted(p.name for p in tmp_path.iterdir())
+    _assert_one_line_error(run_cli("expand", tmp_path / "src", tmp_path / "dst", *flags, cwd=tmp_path), message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_other_commands_refuse_recall_layers_with_a_pointer(capsys):
+    assert main(["inspect", str(FIXTURES / "mamba2-1.3b"), "--expand-layers", "recall:2"]) == 2
+    assert "statex expand (with --recall-from) and statex compare take it" in capsys.readouterr().err

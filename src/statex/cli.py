@@ -47,6 +47,29 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
 
 
+def _recall_layers(args: argparse.Namespace, n_layer: int) -> str | None:
+    """``--layers recall:K``: the K layers whose emptied state costs the model's MQAR the most, read from
+    ``--recall-from`` (a ``statex eval --tasks mqar_layers`` results.json); None for any other layer spec."""
+    from statex.compare.recall_layers import recall_count
+    from statex.eval.tasks.mqar_layers import choose_layers, costs_from_results, describe_choice
+
+    count = recall_count(args.layers)
+    if count is None:
+        if args.recall_from is not None:
+            raise statex.StatexError("--recall-from goes with --layers recall:K")
+        return None
+    if args.recall_from is None:
+        raise statex.StatexError(f"--layers {args.layers} needs --recall-from RESULTS.json (statex eval SRC --tasks "
+                                 "mqar_layers writes it)")
+    costs = costs_from_results(args.recall_from, args.recall_model)
+    if len(costs) != n_layer:
+        raise statex.StatexError(f"--recall-from {args.recall_from}: mqar_layers of a {len(costs)}-layer model, "
+                                 f"SRC has {n_layer} layers")
+    layers = choose_layers(costs, count)
+    print(describe_choice(costs, layers))
+    return ",".join(map(str, layers))
+
+
 def _cmd_expand(args: argparse.Namespace) -> int:
     import shutil
 
@@ -58,6 +81,9 @@ def _cmd_expand(args: argparse.Namespace) -> int:
 
     dst = check_output(args.dst, flag="DST", inputs=[args.src], force=args.force)
     config, _ = statex.load_config(args.src)  # cheap: the request is checked before any weights are read
+    chosen = _recall_layers(args, config.n_layer)
+    if chosen is not None:
+        args.layers = chosen
     _, planned = statex.plan_expansion(config, args.layers, args.mode, heads=args.heads, factor=args.factor,
                                        dt_init=args.dt_init)
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
@@ -252,7 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="model directory (statex, fla GLA, mamba_ssm or HF Mamba2)")
     p.add_argument("dst", help="output directory (project format)")
     p.add_argument("--layers", required=True, metavar="SPEC",
-                   help="every:P (layers 0, P, 2P, ...), a list 0,6,12, frac:F (evenly spaced) or all")
+                   help="every:P (layers 0, P, 2P, ...), a list 0,6,12, frac:F (evenly spaced), all, or recall:K "
+                        "(the K layers that hold the model's recall, from --recall-from)")
+    p.add_argument("--recall-from", metavar="RESULTS", help="with --layers recall:K: a results.json of `statex eval "
+                                                            "SRC --tasks mqar_layers`")
+    p.add_argument("--recall-model", metavar="NAME", help="the model's name in --recall-from when it holds several")
     p.add_argument("--mode", default=DEFAULT_MODE, help=f"GLA: {'|'.join(GLA_MODES)}; Mamba2: "
                                                         f"{'|'.join(MAMBA2_MODES)} (default {DEFAULT_MODE})")
     p.add_argument("--heads", type=int, default=1, help="GLA heads per expanded layer (default 1)")

@@ -58,6 +58,9 @@ def select_layers(spec: str | int | Sequence[int], n_layer: int) -> list[int]:
             if period < 1:
                 raise StatexError(f"layer spec {spec!r}: the period P of every:P must be >= 1")
             indices = list(range(0, n_layer, period))
+        elif text.startswith("recall:"):
+            raise StatexError(f"layer spec {spec!r}: recall:K chooses layers from a model's mqar_layers evaluation; "
+                              "statex expand (with --recall-from) and statex compare take it")
         elif text.startswith("frac:"):
             fraction = _parse_number(text[5:], float, spec)
             if not 0 < fraction <= 1:

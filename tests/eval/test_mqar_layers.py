@@ -10,7 +10,9 @@ import statex
 from statex import runtime
 from statex.eval import evaluate
 from statex.eval.common import token_logprobs
+from statex.errors import StatexError
 from statex.eval.tasks import mqar, mqar_layers
+from statex.eval.tasks.mqar_layers import choose_layers, costs_from_results, layer_costs
 from statex.models.lm import RecurrentState
 
 from conftest import randomize_, tiny_gla_config, tiny_mamba2_config
@@ -110,6 +112,52 @@ def test_the_layer_that_holds_the_pairs_is_found():
     assert {r.setting for r in records if r.task == "mqar_layers" and r.params["pairs"] == 4} == {
         "length=64 pairs=4 mode=intact", "length=64 pairs=4 mode=all",
         *(f"length=64 pairs=4 mode={m} layer={i}" for m in ("reset", "only") for i in range(3))}
+
+
+def _row(mode, value, length=64, pairs=8, layer=None):
+    return {"task": "mqar_layers", "value": value,
+            "params": {"length": length, "pairs": pairs, "mode": mode, "layer": layer}}
+
+
+def test_costs_are_the_accuracy_lost_per_layer_averaged_over_cells():
+    records = [_row("intact", 0.9), _row("reset", 0.2, layer=0), _row("reset", 0.85, layer=1),
+               _row("reset", 0.5, layer=2), _row("only", 0.6, layer=0), _row("all", 0.01),
+               _row("intact", 0.6, pairs=32), _row("reset", 0.4, pairs=32, layer=0),
+               _row("reset", 0.6, pairs=32, layer=1), _row("reset", 0.1, pairs=32, layer=2),
+               {"task": "mqar", "value": 1.0, "params": {"length": 64, "pairs": 8}}]
+    costs = layer_costs(records)
+    assert costs == pytest.approx({0: (0.7 + 0.2) / 2, 1: (0.05 + 0.0) / 2, 2: (0.4 + 0.5) / 2})
+    assert choose_layers(costs, 1) == [0]  # 0.45 each: the tie goes to the lower layer
+    assert choose_layers({0: 0.1, 1: 0.3, 2: 0.05, 3: 0.2}, 2) == [1, 3]
+    with pytest.raises(StatexError, match="mqar_layers measured 3"):
+        choose_layers(costs, 4)
+
+
+def test_the_oracle_s_recalling_layer_is_the_one_chosen(tmp_path):
+    """The layer choice of StateX's ``recall:K`` on an oracle whose layer 1 alone holds the pairs, from its records
+    and from a results.json of several models."""
+    import json
+
+    from statex.eval.report import write_report
+
+    tokenizer = statex.load_tokenizer("ids:128")
+    records = evaluate({"oracle": OneLayerRecallLM(), "other": OneLayerRecallLM(memory_layer=2)}, ["mqar_layers"],
+                       tokenizer, mqar_lengths=[64], pairs=[4, 8], n=6, batch_size=3, progress=False)
+    oracle = [r.to_dict() for r in records if r.model == "oracle"]
+    assert layer_costs(oracle) == {0: 0.0, 1: 1.0, 2: 0.0}
+    assert choose_layers(layer_costs(oracle), 1) == [1] and choose_layers(layer_costs(oracle), 2) == [0, 1]
+    results = write_report(records, tmp_path / "out", plots=False)["results"]
+    assert costs_from_results(results, "other") == {0: 0.0, 1: 0.0, 2: 1.0}
+    with pytest.raises(StatexError, match="of 2 models \\(oracle, other\\): name one"):
+        costs_from_results(results)
+    with pytest.raises(StatexError, match="no mqar_layers records of model 'third'"):
+        costs_from_results(results, "third")
+    (tmp_path / "mqar.json").write_text(json.dumps([{"model": "m", "task": "mqar", "value": 1.0, "params": {}}]))
+    with pytest.raises(StatexError, match="no mqar_layers records"):
+        costs_from_results(tmp_path / "mqar.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(StatexError, match="not a readable statex eval results.json"):
+        costs_from_results(tmp_path / "bad.json")
 
 
 def test_requests_are_checked_like_mqar():

@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from statex.errors import StatexError
+from statex.eval.tasks.mqar_layers import choose_layers, describe_choice, layer_costs
 
 if TYPE_CHECKING:
     from statex.compare.plan import Plan
 
 PREFIX = "recall:"
 CHOICE_FILE = "layers.json"
-WEAK_COST = 0.01  # below this accuracy lost, a layer's state holds nothing measurable of the pairs
 RULE = ("the K layers whose state, emptied alone after the pairs, costs the base's MQAR the most accuracy "
         "(mqar_layers, mean over its cells; ties to the lower layer)")
+
+__all__ = ["CHOICE_FILE", "choose_layers", "layer_costs", "pending", "recall_count", "resolve"]
 
 
 def recall_count(layers: Any) -> int | None:
@@ -33,28 +34,6 @@ def recall_count(layers: Any) -> int | None:
     if not text.isdigit() or int(text) < 1:
         raise StatexError(f"layers {layers!r}: K of recall:K must be an integer >= 1")
     return int(text)
-
-
-def layer_costs(records: list[dict[str, Any]]) -> dict[int, float]:
-    """Per layer, the MQAR accuracy lost when its state alone is emptied after the pairs (kept whole minus emptied),
-    averaged over the mqar_layers cells (length x pairs) of one model's records."""
-    rows = [r for r in records if r.get("task") == "mqar_layers"]
-    whole = {(r["params"]["length"], r["params"]["pairs"]): r["value"] for r in rows
-             if r["params"]["mode"] == "intact"}
-    lost: dict[int, list[float]] = {}
-    for r in rows:
-        p = r["params"]
-        if p["mode"] == "reset" and (p["length"], p["pairs"]) in whole:
-            lost.setdefault(p["layer"], []).append(whole[p["length"], p["pairs"]] - r["value"])
-    return {layer: statistics.fmean(values) for layer, values in sorted(lost.items())}
-
-
-def choose_layers(costs: dict[int, float], count: int) -> list[int]:
-    """The ``count`` layers of highest cost (ties, to 1e-9, to the lower index), in layer order."""
-    if len(costs) < count:
-        raise StatexError(f"layers recall:{count}: the base's mqar_layers measured {len(costs)} layers")
-    ranked = sorted(costs, key=lambda layer: (-round(costs[layer], 9), layer))
-    return sorted(ranked[:count])
 
 
 def pending(plan: Plan) -> list[tuple[str, str]]:
@@ -85,19 +64,15 @@ def resolve(plan: Plan, say: Callable[[str], None]) -> None:
                 raise StatexError(f"{family} {label}: layers recall:{count} need the base's evaluation "
                                   f"({base_eval / 'records.json'}: {exc})") from None
             costs = layer_costs(records)
-            layers = choose_layers(costs, count)
+            try:
+                layers = choose_layers(costs, count)
+            except StatexError as exc:
+                raise StatexError(f"{family} {label}: layers recall:{count}: {exc}") from None
             kept.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(kept, json.dumps({"layers": layers, "rule": RULE, "costs": {str(k): round(v, 4) for k, v
                                                                                      in costs.items()}},
                                           indent=1) + "\n")
-            others = max((c for layer, c in costs.items() if layer not in layers), default=0.0)
-            named = f"layer{'s' if count > 1 else ''} {', '.join(map(str, layers))}"
-            if max(costs[i] for i in layers) < WEAK_COST:
-                say(f"{family} {label}: {named}, though no layer's state holds the base's MQAR (emptying any one "
-                    f"costs it less than {WEAK_COST}): the choice says little")
-            else:
-                say(f"{family} {label}: {named}, where the base holds its MQAR (emptying each costs "
-                    f"{', '.join(f'{costs[i]:.3f}' for i in layers)}; any other layer at most {others:.3f})")
+            say(f"{family} {label}: {describe_choice(costs, layers)}")
         chosen = ",".join(map(str, layers))
         for stage in plan.stages:
             if stage.kind == "train" and stage.family == family and stage.variant == label:

@@ -9,7 +9,13 @@ and every k-th); it reuses MQAR's sequences (``statex.eval.tasks.mqar``), so its
 at the same seed and sizes, but for argmax near-ties (the sequence is read in two pieces)."""
 from __future__ import annotations
 
+import statistics
+from pathlib import Path
+from typing import Any
+
 import torch
+
+from statex.errors import StatexError
 
 from statex.eval.common import EvalContext, Record, token_logprobs
 from statex.eval.tasks import mqar
@@ -66,3 +72,63 @@ def run(ctx: EvalContext) -> list[Record]:
                                   {"length": length, "pairs": pairs, "mode": mode, "layer": layer}))
     bar.close()
     return records
+
+
+def layer_costs(records: list[dict[str, Any]]) -> dict[int, float]:
+    """Per layer, the MQAR accuracy lost when its state alone is emptied after the pairs (kept whole minus emptied),
+    averaged over the mqar_layers cells (length x pairs) of one model's records."""
+    rows = [r for r in records if r.get("task") == "mqar_layers"]
+    whole = {(r["params"]["length"], r["params"]["pairs"]): r["value"] for r in rows
+             if r["params"]["mode"] == "intact"}
+    lost: dict[int, list[float]] = {}
+    for r in rows:
+        p = r["params"]
+        if p["mode"] == "reset" and (p["length"], p["pairs"]) in whole:
+            lost.setdefault(p["layer"], []).append(whole[p["length"], p["pairs"]] - r["value"])
+    return {layer: statistics.fmean(values) for layer, values in sorted(lost.items())}
+
+
+def choose_layers(costs: dict[int, float], count: int) -> list[int]:
+    """The ``count`` layers of highest cost (ties, to 1e-9, to the lower index), in layer order."""
+    if len(costs) < count:
+        raise StatexError(f"{count} layers asked for, but mqar_layers measured {len(costs)}")
+    ranked = sorted(costs, key=lambda layer: (-round(costs[layer], 9), layer))
+    return sorted(ranked[:count])
+
+
+WEAK_COST = 0.01  # below this accuracy lost, a layer's state holds nothing measurable of the pairs
+
+
+def describe_choice(costs: dict[int, float], layers: list[int]) -> str:
+    """One line on chosen layers: what emptying each costs, against the rest; or that no layer's cost says much."""
+    named = f"layer{'s' if len(layers) > 1 else ''} {', '.join(map(str, layers))}"
+    if max(costs[i] for i in layers) < WEAK_COST:
+        return (f"{named}, though no layer holds the recall measurably (emptying any one costs MQAR less than "
+                f"{WEAK_COST}): the choice says little")
+    rest = max((c for i, c in costs.items() if i not in layers), default=0.0)
+    return (f"{named}, where the recall is held (emptying each costs MQAR {', '.join(f'{costs[i]:.3f}' for i in layers)}"
+            f"; any other layer at most {rest:.3f})")
+
+
+def costs_from_results(path: str | Path, model: str | None = None) -> dict[int, float]:
+    """``layer_costs`` of one model's records in a ``statex eval`` results.json (``model``: its name there; needed
+    only when the file holds several models' mqar_layers)."""
+    import json
+
+    try:
+        records = json.loads(Path(path).read_text())
+        rows = [r for r in records if r.get("task") == "mqar_layers"]
+    except (OSError, ValueError, AttributeError, TypeError) as exc:
+        raise StatexError(f"{path}: not a readable statex eval results.json ({exc})") from None
+    models = sorted({str(r.get("model")) for r in rows})
+    if not models:
+        raise StatexError(f"{path}: no mqar_layers records (statex eval MODEL --tasks mqar_layers makes them)")
+    if model is None and len(models) > 1:
+        raise StatexError(f"{path}: mqar_layers of {len(models)} models ({', '.join(models)}): name one")
+    chosen = model if model is not None else models[0]
+    if chosen not in models:
+        raise StatexError(f"{path}: no mqar_layers records of model {chosen!r} (it has {', '.join(models)})")
+    try:
+        return layer_costs([r for r in rows if str(r.get("model")) == chosen])
+    except (KeyError, TypeError) as exc:
+        raise StatexError(f"{path}: a malformed mqar_layers record ({exc!r})") from None
