@@ -1,5 +1,6 @@
 """A variant's layers chosen from the base's own mqar_layers evaluation (``layers: "recall:K"``)."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -30,9 +31,21 @@ def _argv(out, corpus, *extra):
             "--families", "mamba2", "--set", f"families.mamba2.variants={RECALL_VARIANTS}", *extra]
 
 
-def test_a_recall_variant_expands_the_layers_the_base_needs_and_keeps_its_choice(corpus, tmp_path):
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, corpus):
+    out = tmp_path_factory.mktemp("recall") / "run"
     assert main(_argv(out, corpus, "--seeds", "1")) == 0
+    return out
+
+
+def _copy(finished, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(finished, tmp_path / "run"))
+
+
+def test_a_recall_variant_expands_the_layers_the_base_needs_and_keeps_its_choice(finished, corpus, tmp_path):
+    out = _copy(finished, tmp_path)
     base = json.loads((out / "mamba2" / "base" / "eval" / "records.json").read_text())
     whole = {(r["params"]["length"], r["params"]["pairs"]): r["value"] for r in base
              if r["task"] == "mqar_layers" and r["params"]["mode"] == "intact"}
@@ -75,3 +88,17 @@ def test_bad_recall_layers_are_refused_before_any_work(corpus, tmp_path, capsys,
     assert main(_argv(out, corpus, "--set", override)) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+
+
+@pytest.mark.parametrize("kept", ['{"layers": [5]}', '{"layers": [0, 1]}', '{"layers": [true]}', '{"nothing": 1}',
+                                  "not json"])
+def test_a_damaged_kept_choice_is_refused_with_its_path(finished, corpus, tmp_path, capsys, kept):
+    out = _copy(finished, tmp_path)
+    choice = out / "mamba2" / "statex-recall" / "layers.json"
+    choice.write_text(kept)
+    assert main(_argv(out, corpus, "--seeds", "2", "--resume")) == 2
+    err = capsys.readouterr().err
+    assert str(choice) in err and len(err.strip().splitlines()) == 1
+    assert not (out / "mamba2" / "statex-recall" / "seed1").exists()

@@ -23,7 +23,7 @@ CHOICE_FILE = "layers.json"
 RULE = ("the K layers whose state, emptied alone after the pairs, costs the base's MQAR the most accuracy "
         "(mqar_layers, mean over its cells; ties to the lower layer)")
 
-__all__ = ["CHOICE_FILE", "choose_layers", "layer_costs", "pending", "recall_count", "resolve"]
+__all__ = ["CHOICE_FILE", "pending", "recall_count", "resolve"]
 
 
 def recall_count(layers: Any) -> int | None:
@@ -54,7 +54,7 @@ def resolve(plan: Plan, say: Callable[[str], None]) -> None:
         count = recall_count(variant.layers)
         kept = plan.out / family / label / CHOICE_FILE
         if kept.is_file():
-            layers = _read_choice(kept, count)
+            layers = _read_choice(kept, count, fam.config.n_layer)
         else:
             base_eval = next(s.directory for s in plan.stages if s.kind == "eval" and s.family == family
                              and s.variant == "base")
@@ -82,11 +82,13 @@ def resolve(plan: Plan, say: Callable[[str], None]) -> None:
         fam.expansions[label] = {**fam.expansions[label], "expand_layers": f"{variant.layers} (layers {chosen})"}
 
 
-def _read_choice(path: Path, count: int) -> list[int]:
+def _read_choice(path: Path, count: int, n_layer: int) -> list[int]:
     try:
         layers = json.loads(path.read_text())["layers"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise StatexError(f"{path}: unreadable layer choice ({exc})") from None
-    if not (isinstance(layers, list) and len(layers) == count and all(isinstance(i, int) for i in layers)):
-        raise StatexError(f"{path}: holds {layers!r}, not the {count} layers of recall:{count}")
-    return layers
+    if not (isinstance(layers, list) and len(set(layers)) == len(layers) == count
+            and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n_layer for i in layers)):
+        raise StatexError(f"{path}: holds {str(layers)[:80]}, not {count} distinct layers of the {n_layer}-layer base "
+                          f"(recall:{count})")
+    return sorted(layers)
