@@ -337,14 +337,3 @@ def describe_plan(plan: Plan) -> list[str]:
         lines.append(f"  {stage.name:<40} {what}")
     lines.append(f"training tokens in all: {total:,}")
     return lines
-
-
-def stage_summary(stage: Stage) -> dict[str, Any]:
-    """A stage as plain JSON (for plan.json)."""
-    data = {"name": stage.name, "kind": stage.kind, "family": stage.family, "variant": stage.variant,
-            "seed": stage.seed, "directory": str(stage.directory), "tokens": stage.tokens}
-    if stage.train is not None:
-        data["train"] = dataclasses.asdict(stage.train)
-    if stage.model is not None:
-        data["model"] = str(stage.model)
-    return data
