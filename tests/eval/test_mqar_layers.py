@@ -143,8 +143,8 @@ def test_the_oracle_s_recalling_layer_is_the_one_chosen(tmp_path):
     tokenizer = statex.load_tokenizer("ids:128")
     records = evaluate({"oracle": OneLayerRecallLM(), "other": OneLayerRecallLM(memory_layer=2)}, ["mqar_layers"],
                        tokenizer, mqar_lengths=[64], pairs=[4, 8], n=6, batch_size=3, progress=False)
-    oracle = [r.to_dict() for r in records if r.model == "oracle"]
-    assert layer_costs(oracle) == {0: 0.0, 1: 1.0, 2: 0.0}
+    oracle = [r for r in records if r.model == "oracle"]
+    assert layer_costs(oracle) == layer_costs([r.to_dict() for r in oracle]) == {0: 0.0, 1: 1.0, 2: 0.0}
     assert choose_layers(layer_costs(oracle), 1) == [1] and choose_layers(layer_costs(oracle), 2) == [0, 1]
     results = write_report(records, tmp_path / "out", plots=False)["results"]
     assert costs_from_results(results, "other") == {0: 0.0, 1: 0.0, 2: 1.0}

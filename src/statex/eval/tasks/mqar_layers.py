@@ -74,10 +74,12 @@ def run(ctx: EvalContext) -> list[Record]:
     return records
 
 
-def layer_costs(records: list[dict[str, Any]]) -> dict[int, float]:
+def layer_costs(records: list[Record] | list[dict[str, Any]]) -> dict[int, float]:
     """Per layer, the MQAR accuracy lost when its state alone is emptied after the pairs (kept whole minus emptied),
-    averaged over the mqar_layers cells (length x pairs) of one model's records."""
-    rows = [r for r in records if r.get("task") == "mqar_layers"]
+    averaged over the mqar_layers cells (length x pairs) of one model's records (``Record`` objects, or their
+    dicts as results.json holds them)."""
+    rows = [r for r in (r.to_dict() if isinstance(r, Record) else r for r in records)
+            if r.get("task") == "mqar_layers"]
     whole = {(r["params"]["length"], r["params"]["pairs"]): r["value"] for r in rows
              if r["params"]["mode"] == "intact"}
     lost: dict[int, list[float]] = {}
