@@ -180,11 +180,16 @@ def test_a_changed_evaluation_on_resume_evaluates_again_and_keeps_the_training(f
     assert main(_argv(out, corpus, "--resume", "--set", "eval.mqar.pairs=[8]", "--set", "train.lr=2e-3")) == 2
 
 
-def test_a_task_changed_in_statex_evaluates_again_on_resume(finished, corpus, tmp_path, capsys):
+@pytest.mark.parametrize("records_name_their_requests", [True, False])
+def test_a_task_changed_in_statex_evaluates_again_on_resume(finished, corpus, tmp_path, capsys, monkeypatch,
+                                                            records_name_their_requests):
     """An evaluation recorded before a task's prompts changed (its version absent, i.e. 1, where NIAH is 2 now) is
-    stale: --resume evaluates the model again and keeps its training; records of the current versions are kept."""
+    stale: --resume evaluates that task again for that model alone, keeps its other records and its training, and
+    the records come out as a whole evaluation's; records of an older run that do not name their requests make it
+    evaluate every task."""
     import shutil
 
+    import statex.eval
     from statex.eval.tasks import TASK_VERSIONS
 
     assert TASK_VERSIONS["niah"] > 1
@@ -194,12 +199,30 @@ def test_a_task_changed_in_statex_evaluates_again_on_resume(finished, corpus, tm
     record = json.loads(stale.read_text())
     assert record["task_versions"]["niah"] == TASK_VERSIONS["niah"]
     stale.write_text(json.dumps({k: v for k, v in record.items() if k != "task_versions"}))
+    rows = json.loads((stale.parent / "records.json").read_text())
+    assert {r["request"] for r in rows} == {"mqar", "mqar_layers", "passkey", "niah", "ppl", "model"}
+    if not records_name_their_requests:
+        (stale.parent / "records.json").write_text(json.dumps([{k: v for k, v in r.items() if k != "request"}
+                                                               for r in rows]))
+    results = json.loads((out / "results.json").read_text())
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.json") if p.parent.name in ("train", "eval")}
+    asked, evaluate = [], statex.eval.evaluate
+    monkeypatch.setattr(statex.eval, "evaluate", lambda models, names, *a, **k: asked.append(tuple(names))
+                        or evaluate(models, names, *a, **k))
     assert main(["compare", str(TINY), "--data", str(corpus), "--out", str(out), "--jobs", "1", "--resume"]) == 0
     assert "niah changed in statex since these models were evaluated" in capsys.readouterr().out
+    if records_name_their_requests:
+        assert asked == [("niah",)]
+    else:
+        assert sorted(asked) == [("mqar",), ("mqar_layers",), ("niah",), ("passkey",), ("ppl",)]
     changed = {p for p, t in stamps.items() if p.stat().st_mtime_ns != t}
     assert changed == {stale, stale.parent / "records.json"}
-    assert json.loads(stale.read_text())["task_versions"] == record["task_versions"]
+    again = json.loads(stale.read_text())
+    assert again["task_versions"] == record["task_versions"] and set(again["parts"]) == set(record["parts"])
+    key = lambda r: json.dumps(r, sort_keys=True)  # noqa: E731  the same records, in any order
+    assert sorted(map(key, json.loads((stale.parent / "records.json").read_text()))) == sorted(map(key, rows))
+    assert sorted(map(key, json.loads((out / "results.json").read_text()))) == sorted(map(key, results))
+    assert all("request" not in r for r in results)
 
 
 def test_one_prewarm_covers_the_workloads_every_stage_asks_for(finished, corpus):

@@ -200,9 +200,13 @@ def run_eval_stage(stage: Stage, ev, tokenizer: str, heldout: str | None, haysta
     done = _finished(stage)
     if done is not None and (stage.directory / "records.json").is_file():
         return done
+    kept, redo, earlier = _partial_evaluation(stage, ev, heldout, haystack)
     begun = time.time()
-    rows, parts = evaluate_stage(stage, ev, tokenizer, heldout, haystack, device)
+    rows, parts = evaluate_stage(stage, ev, tokenizer, heldout, haystack, device, only=redo)
     seconds = time.time() - begun
+    if redo is not None:  # the unchanged tasks' records and times kept
+        rows, parts = kept + rows, {**earlier.get("parts", {}), **parts}
+        seconds += sum(v for k, v in earlier.get("parts", {}).items() if k not in parts and k != "load")
     tokens = prompt_tokens(rows)
     stage.directory.mkdir(parents=True, exist_ok=True)
     write_atomic(stage.directory / "records.json", dumps_strict(rows, indent=1) + "\n")
@@ -211,6 +215,29 @@ def run_eval_stage(stage: Stage, ev, tokenizer: str, heldout: str | None, haysta
               "eval_key": stage.options.get("eval_key"), "task_versions": stage.options.get("task_versions")}
     write_atomic(stage.directory / STAGE_RECORD, json.dumps(record, indent=1) + "\n")
     return record
+
+
+def _partial_evaluation(stage: Stage, ev, heldout: str | None,
+                        haystack: str | None) -> tuple[list[dict], set[str] | None, dict[str, Any]]:
+    """(records kept, task keys to evaluate again, the earlier stage record) when only the versions of some tasks
+    changed since the stage's evaluation (its eval section the same, its records naming their requests); else
+    ([], None, {}): every task is evaluated."""
+    from statex.compare.evaluation import task_requests
+
+    record = _finished(stage, any_evaluation=True)
+    if record is None or record.get("eval_key") != stage.options.get("eval_key"):
+        return [], None, {}
+    try:
+        rows = json.loads((stage.directory / "records.json").read_text())
+    except (OSError, ValueError):
+        return [], None, {}
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and "request" in r for r in rows):
+        return [], None, {}  # written before records named their requests
+    outdated = set(_outdated_tasks(stage, record))
+    requests = task_requests(ev, stage.options["lengths"], heldout, haystack)
+    redo = {key for key, (names, _) in requests.items() if outdated & set(names)}
+    kept = [r for r in rows if r["request"] not in redo and r["request"] != "model"]
+    return kept, redo, record
 
 
 def run_piece(stages: list[Stage], ev, tokenizer: str, heldout: str | None, haystack: str | None, device: str,
@@ -363,7 +390,8 @@ def run_compare(spec: CompareSpec, out: str | Path, resume: bool = False, jobs: 
         for stage in plan.stages:
             timings[stage.name] = _finished(stage)
             if stage.kind == "eval":
-                records += json.loads((stage.directory / "records.json").read_text())
+                records += [{k: v for k, v in r.items() if k != "request"}
+                            for r in json.loads((stage.directory / "records.json").read_text())]
         write_atomic(out / "stages.json", json.dumps(timings, indent=1) + "\n")
         summary = write_report(out, records, plan, timings, time.time() - started,
                                command or f"statex compare SPEC --out {out}")

@@ -111,8 +111,10 @@ def prompt_tokens(records: list[dict[str, Any]]) -> int:
 
 
 def evaluate_stage(stage: Stage, ev: EvalSpec, tokenizer_path: str, heldout: str | None, haystack: str | None,
-                   device: str) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """(records, seconds per task) of the stage's model."""
+                   device: str, only: set[str] | None = None) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """(records, seconds per task) of the stage's model: every task of the spec, or the ``only`` ones (keys of
+    ``task_requests``). Each record names the request that made it (``request``: a task key, ``lm_eval``, or
+    ``model`` for the state and parameter counts), for a later partial evaluation; results.json drops it."""
     from statex.data import load_tokenizer
     from statex.io import load_model
     from statex.summary import describe_model
@@ -129,10 +131,12 @@ def evaluate_stage(stage: Stage, ev: EvalSpec, tokenizer_path: str, heldout: str
     parts["load"] = round(time.time() - begun, 1)
     tokenizer = load_tokenizer(tokenizer_path)
     name = stage.piece
-    records = []
+    rows = []
     for task, (names, options) in task_requests(ev, stage.options["lengths"], heldout, haystack).items():
+        if only is not None and task not in only:
+            continue
         begun = time.time()
-        records += evaluate({name: model}, names, tokenizer, progress=False, **options)
+        records = evaluate({name: model}, names, tokenizer, progress=False, **options)
         if task == "niah" and ev.niah.forced:
             from statex.eval.tasks import niah
 
@@ -144,22 +148,23 @@ def evaluate_stage(stage: Stage, ev: EvalSpec, tokenizer_path: str, heldout: str
 
             records += passkey.teacher_forced(model, tokenizer, name, stage.options["lengths"]["passkey"],
                                               ev.passkey.n, ev.seed, ev.batch_size, ev.prefill_chunk)
+        rows += [_row(stage, r.task, r.setting, r.metric, r.value, r.n, r.params, task) for r in records]
         parts[task] = round(time.time() - begun, 1)
-    if ev.lm_eval is not None:
+    if ev.lm_eval is not None and (only is None or "lm_eval" in only):
         from statex.eval.lm_eval_adapter import run_lm_eval
 
         begun = time.time()
-        records += run_lm_eval(model, name, tokenizer, list(ev.lm_eval.tasks), limit=ev.lm_eval.limit,
-                               include_path=ev.lm_eval.include)
+        records = run_lm_eval(model, name, tokenizer, list(ev.lm_eval.tasks), limit=ev.lm_eval.limit,
+                              include_path=ev.lm_eval.include)
+        rows += [_row(stage, r.task, r.setting, r.metric, r.value, r.n, r.params, "lm_eval") for r in records]
         parts["lm_eval"] = round(time.time() - begun, 1)
     info = describe_model(model)
-    rows = [_row(stage, r.task, r.setting, r.metric, r.value, r.n, r.params) for r in records]
-    rows.append(_row(stage, "state", "total", "elements", info["total_state_elements"], 1, {}))
-    rows.append(_row(stage, "params", "total", "count", info["total_params"], 1, {}))
+    rows.append(_row(stage, "state", "total", "elements", info["total_state_elements"], 1, {}, "model"))
+    rows.append(_row(stage, "params", "total", "count", info["total_params"], 1, {}, "model"))
     return rows, parts
 
 
-def _row(stage: Stage, task, setting, metric, value, n, params) -> dict[str, Any]:
+def _row(stage: Stage, task, setting, metric, value, n, params, request: str) -> dict[str, Any]:
     return {"family": stage.family, "variant": stage.variant, "seed": stage.seed,
             "model": f"{stage.family}-{stage.variant}", "task": task, "setting": setting, "metric": metric,
-            "value": float(value), "n": int(n), "params": dict(params or {})}
+            "value": float(value), "n": int(n), "params": dict(params or {}), "request": request}
