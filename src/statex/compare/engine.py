@@ -200,13 +200,13 @@ def run_eval_stage(stage: Stage, ev, tokenizer: str, heldout: str | None, haysta
     done = _finished(stage)
     if done is not None and (stage.directory / "records.json").is_file():
         return done
-    kept, redo, earlier = _partial_evaluation(stage, ev, heldout, haystack)
+    kept, redo, earlier = _partial_evaluation(stage, ev, heldout, haystack)  # earlier: seconds per kept task
     begun = time.time()
     rows, parts = evaluate_stage(stage, ev, tokenizer, heldout, haystack, device, only=redo)
     seconds = time.time() - begun
     if redo is not None:  # the unchanged tasks' records and times kept
-        rows, parts = kept + rows, {**earlier.get("parts", {}), **parts}
-        seconds += sum(v for k, v in earlier.get("parts", {}).items() if k not in parts and k != "load")
+        seconds += sum(v for k, v in earlier.items() if k not in parts and k != "load")
+        rows, parts = kept + rows, {**earlier, **parts}
     tokens = prompt_tokens(rows)
     stage.directory.mkdir(parents=True, exist_ok=True)
     write_atomic(stage.directory / "records.json", dumps_strict(rows, indent=1) + "\n")
@@ -218,8 +218,8 @@ def run_eval_stage(stage: Stage, ev, tokenizer: str, heldout: str | None, haysta
 
 
 def _partial_evaluation(stage: Stage, ev, heldout: str | None,
-                        haystack: str | None) -> tuple[list[dict], set[str] | None, dict[str, Any]]:
-    """(records kept, task keys to evaluate again, the earlier stage record) when only the versions of some tasks
+                        haystack: str | None) -> tuple[list[dict], set[str] | None, dict[str, float]]:
+    """(records kept, task keys to evaluate again, the earlier seconds per task) when only the versions of some tasks
     changed since the stage's evaluation (its eval section the same, its records naming their requests); else
     ([], None, {}): every task is evaluated."""
     from statex.compare.evaluation import task_requests
@@ -237,7 +237,7 @@ def _partial_evaluation(stage: Stage, ev, heldout: str | None,
     requests = task_requests(ev, stage.options["lengths"], heldout, haystack)
     redo = {key for key, (names, _) in requests.items() if outdated & set(names)}
     kept = [r for r in rows if r["request"] not in redo and r["request"] != "model"]
-    return kept, redo, record
+    return kept, redo, record.get("parts", {})
 
 
 def run_piece(stages: list[Stage], ev, tokenizer: str, heldout: str | None, haystack: str | None, device: str,
@@ -260,8 +260,8 @@ def _choose_recall_layers(plan: Plan, ev, data, verbose: bool, common: dict[str,
     from statex.compare.parallel import run_tasks
 
     waiting = recall_layers.pending(plan)
-    unchosen = {family for family, label in waiting
-                if not (plan.out / family / label / recall_layers.CHOICE_FILE).is_file()}
+    unchosen = {family for family, variant in waiting
+                if not (plan.out / family / variant.label / recall_layers.CHOICE_FILE).is_file()}
     first = {stages[0].piece: stages for stages in plan.pieces()
              if stages[0].family in unchosen and stages[0].variant == "base" and _finished(stages[0]) is None}
     if first:

@@ -36,9 +36,9 @@ def recall_count(layers: Any) -> int | None:
     return int(text)
 
 
-def pending(plan: Plan) -> list[tuple[str, str]]:
-    """(family, variant) of every ``recall:K`` variant: the bases they need evaluated first."""
-    return [(name, v.label) for name, fam in plan.spec.families.items() for v in fam.variants
+def pending(plan: Plan) -> list[tuple[str, Any]]:
+    """(family, VariantSpec) of every ``recall:K`` variant: the bases they need evaluated first."""
+    return [(name, v) for name, fam in plan.spec.families.items() for v in fam.variants
             if recall_count(v.layers) is not None]
 
 
@@ -48,10 +48,8 @@ def resolve(plan: Plan, say: Callable[[str], None]) -> None:
     from statex.expand import plan_expansion
     from statex.files import write_atomic
 
-    for family, label in pending(plan):
-        fam = plan.families[family]
-        variant = next(v for v in plan.spec.families[family].variants if v.label == label)
-        count = recall_count(variant.layers)
+    for family, variant in pending(plan):
+        fam, label, count = plan.families[family], variant.label, recall_count(variant.layers)
         kept = plan.out / family / label / CHOICE_FILE
         if kept.is_file():
             layers = _read_choice(kept, count, fam.config.n_layer)
