@@ -95,3 +95,28 @@ def test_a_recall_layers_spec_is_its_family_spec_but_for_its_variants(corpus, fa
         spec.pop("name")
         spec["families"][family].pop("variants")
     assert plain == recall
+
+
+def test_the_layer_choice_spec_is_the_demo_with_a_4_layer_gla_base_pretrained_twice_as_long(tmp_path):
+    import dataclasses
+
+    from statex.demo.settings import default_recipes
+
+    paths = ("model", "data", "cache_dir", "out")
+    plan = make_plan(load_spec(EXPERIMENTS / "layer-choice" / "spec.yaml"), tmp_path / "a")
+    demo = make_plan(load_spec(SPEC), tmp_path / "d")
+
+    def post(p):
+        config = next(s.train for s in p.stages if s.kind == "train" and s.family == "gla" and s.variant == "lpt")
+        return {k: v for k, v in dataclasses.asdict(config).items() if k not in paths}
+
+    assert post(plan) == post(demo)  # the demo's GLA post-training budget, to the field
+    recipe = default_recipes()["gla"]
+    base = next(s.train for s in plan.stages if s.kind == "pretrain")
+    assert (base.steps, base.batch_size, base.seq_len, base.lr, base.min_lr, base.warmup) == (
+        2 * recipe.steps, recipe.batch, recipe.seq_len, recipe.lr, recipe.lr / 10, 2 * recipe.steps // 20)
+    assert base.synthetic == [{"kind": "mqar", "weight": recipe.mix["mqar"], "num_pairs": list(recipe.pairs)}]
+    assert base.text_weight == recipe.mix["text"]
+    fam = plan.families["gla"]
+    assert fam.config.n_layer == 4 and fam.config.d_model == recipe.model["d_model"]
+    assert [v.layers for v in plan.spec.families["gla"].variants[1:]] == ["recall:1", "every:4"]
