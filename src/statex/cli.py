@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 import statex
-from statex.expand import DEFAULT_MODE, GLA_MODES, MAMBA2_MODES
+from statex.expand import DEFAULT_MODE, GLA_MODES, MAMBA2_MODES, recall_count
 from statex.cli_support import (add_device_flags, check_seed, check_vocab, device_from_flag,
                                 resolve_tokenizer)
 
@@ -50,7 +50,6 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_m
 def _recall_layers(args: argparse.Namespace, n_layer: int) -> str | None:
     """``--layers recall:K``: the K layers whose emptied state costs the model's MQAR the most, read from
     ``--recall-from`` (a ``statex eval --tasks mqar_layers`` results.json); None for any other layer spec."""
-    from statex.compare.recall_layers import recall_count
     from statex.eval.tasks.mqar_layers import choose_layers, costs_from_results, describe_choice
 
     count = recall_count(args.layers)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
@@ -36,6 +36,20 @@ GLA_REINIT_GAIN = 2**-2.5
 
 
 # ---- which layers ------------------------------------------------------------------------------------------------
+
+RECALL_PREFIX = "recall:"
+
+
+def recall_count(layers: Any) -> int | None:
+    """K of a ``"recall:K"`` layer choice (the K layers that hold a model's recall, chosen from its mqar_layers
+    evaluation by ``statex expand --recall-from`` or a comparison); None for any other layer spec."""
+    if not (isinstance(layers, str) and layers.strip().lower().startswith(RECALL_PREFIX)):
+        return None
+    text = layers.strip()[len(RECALL_PREFIX):].strip()
+    if not text.isdigit() or int(text) < 1:
+        raise StatexError(f"layers {layers!r}: K of recall:K must be an integer >= 1")
+    return int(text)
+
 
 def select_layers(spec: str | int | Sequence[int], n_layer: int) -> list[int]:
     """Resolve a layer selection to sorted unique indices.
@@ -58,7 +72,7 @@ def select_layers(spec: str | int | Sequence[int], n_layer: int) -> list[int]:
             if period < 1:
                 raise StatexError(f"layer spec {spec!r}: the period P of every:P must be >= 1")
             indices = list(range(0, n_layer, period))
-        elif text.startswith("recall:"):
+        elif text.startswith(RECALL_PREFIX):
             raise StatexError(f"layer spec {spec!r}: recall:K chooses layers from a model's mqar_layers evaluation; "
                               "statex expand (with --recall-from) and statex compare take it")
         elif text.startswith("frac:"):

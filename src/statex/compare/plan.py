@@ -181,8 +181,7 @@ def _lengths(grid, context: int, post_len: int) -> list[int]:
 def make_plan(spec: CompareSpec, out: str | Path) -> Plan:
     """Every stage of the comparison, each request resolved and checked (configs only: no weights, no data)."""
     from statex.compare.evaluation import task_versions
-    from statex.compare.recall_layers import recall_count
-    from statex.expand import plan_expansion
+    from statex.expand import plan_expansion, recall_count
     from statex.train import resolve_config
 
     out = Path(out)
@@ -309,7 +308,7 @@ def _resolve(resolve_config, values: dict[str, Any], where: str):
 
 def describe_plan(plan: Plan) -> list[str]:
     """The plan as text: each family's state and parameters per variant, and every stage with its tokens."""
-    from statex.compare.recall_layers import recall_count
+    from statex.expand import recall_count
     from statex.data.dataset import parse_synthetic, sequence_lengths
     from statex.summary import describe_config
 

@@ -14,26 +14,16 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from statex.errors import StatexError
 from statex.eval.tasks.mqar_layers import choose_layers, describe_choice, layer_costs
+from statex.expand import plan_expansion, recall_count
 
 if TYPE_CHECKING:
     from statex.compare.plan import Plan
 
-PREFIX = "recall:"
 CHOICE_FILE = "layers.json"
 RULE = ("the K layers whose state, emptied alone after the pairs, costs the base's MQAR the most accuracy "
         "(mqar_layers, mean over its cells; ties to the lower layer)")
 
 __all__ = ["CHOICE_FILE", "pending", "recall_count", "resolve"]
-
-
-def recall_count(layers: Any) -> int | None:
-    """K of a ``"recall:K"`` layer choice; None for any other layer spec."""
-    if not (isinstance(layers, str) and layers.strip().lower().startswith(PREFIX)):
-        return None
-    text = layers.strip()[len(PREFIX):].strip()
-    if not text.isdigit() or int(text) < 1:
-        raise StatexError(f"layers {layers!r}: K of recall:K must be an integer >= 1")
-    return int(text)
 
 
 def pending(plan: Plan) -> list[tuple[str, Any]]:
@@ -45,7 +35,6 @@ def pending(plan: Plan) -> list[tuple[str, Any]]:
 def resolve(plan: Plan, say: Callable[[str], None]) -> None:
     """Every ``recall:K`` variant's training stages get their layers: those kept in its layers.json, else chosen
     from the base's evaluation records (and kept). The plan's expanded config and its description follow."""
-    from statex.expand import plan_expansion
     from statex.files import write_atomic
 
     for family, variant in pending(plan):

@@ -15,9 +15,8 @@ if TYPE_CHECKING:
 
 def validate_spec(spec: CompareSpec) -> CompareSpec:
     """Every error of a spec that its values alone reveal (the bases' configs are checked by the plan)."""
-    from statex.compare.recall_layers import recall_count
     from statex.compare.spec import VARIANT_TRAIN_FIELDS
-    from statex.expand import GLA_MODES, MAMBA2_MODES
+    from statex.expand import GLA_MODES, MAMBA2_MODES, recall_count
 
     seeds = spec.seed_list
     if isinstance(spec.seeds, int) and not 1 <= spec.seeds <= 1000:
